@@ -1,0 +1,349 @@
+"""Event envelope and the typed events every service exchanges.
+
+Declared once here; services import these classes and never build event dicts by hand. An event
+is an immutable payload (a pydantic model registered under its `type` name and schema version)
+wrapped in an `Envelope` carrying identity (`id`), time, origin (`dc`, `node`) and the room.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from shared.ids import new_event_id
+
+
+class EventDecodeError(ValueError):
+    """Raised for bytes that are not a valid, known event."""
+
+
+class EventPayload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    TYPE: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+
+_REGISTRY: dict[str, type[EventPayload]] = {}
+P = TypeVar("P", bound=type[EventPayload])
+
+
+def register(cls: P) -> P:
+    if not cls.TYPE or cls.TYPE in _REGISTRY:
+        raise ValueError(f"event type {cls.TYPE!r} missing or declared twice")
+    _REGISTRY[cls.TYPE] = cls
+    return cls
+
+
+def event_class(type_name: str) -> type[EventPayload]:
+    try:
+        return _REGISTRY[type_name]
+    except KeyError:
+        raise EventDecodeError(f"unknown event type {type_name!r}") from None
+
+
+def known_event_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    id: str
+    type: str
+    ts: int  # unix milliseconds
+    dc: str
+    node: str
+    room: str | None
+    v: int
+    payload: EventPayload = field(compare=False)
+
+    @classmethod
+    def new(
+        cls,
+        payload: EventPayload,
+        *,
+        dc: str,
+        node: str,
+        room: str | None = None,
+        event_id: str | None = None,
+        ts: int | None = None,
+    ) -> Envelope:
+        return cls(
+            id=event_id or new_event_id(),
+            type=payload.TYPE,
+            ts=int(time.time() * 1000) if ts is None else ts,
+            dc=dc,
+            node=node,
+            room=room,
+            v=payload.VERSION,
+            payload=payload,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "ts": self.ts,
+            "dc": self.dc,
+            "node": self.node,
+            "room": self.room,
+            "v": self.v,
+            "payload": self.payload.model_dump(mode="json"),
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Envelope:
+        try:
+            type_name = data["type"]
+            payload_cls = event_class(type_name)
+            version = int(data.get("v", 1))
+            if version > payload_cls.VERSION:
+                raise EventDecodeError(
+                    f"{type_name} v{version} is newer than this build understands (v{payload_cls.VERSION})"
+                )
+            return cls(
+                id=str(data["id"]),
+                type=type_name,
+                ts=int(data["ts"]),
+                dc=str(data["dc"]),
+                node=str(data["node"]),
+                room=data.get("room"),
+                v=version,
+                payload=payload_cls.model_validate(data.get("payload") or {}),
+            )
+        except EventDecodeError:
+            raise
+        except (KeyError, TypeError, ValueError, ValidationError) as exc:
+            raise EventDecodeError(f"malformed event: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Envelope:
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise EventDecodeError(f"event is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise EventDecodeError("event is not a JSON object")
+        return cls.from_dict(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared value types
+
+
+class TrackKind(StrEnum):
+    AUDIO = "audio"
+    VIDEO = "video"
+    DATA = "data"
+
+
+class Direction(StrEnum):
+    UPSTREAM = "upstream"  # client -> server
+    DOWNSTREAM = "downstream"  # server -> client
+    RELAY_OUT = "relay_out"  # relay -> remote relay
+    RELAY_IN = "relay_in"
+
+
+class LinkStatus(StrEnum):
+    UP = "up"
+    DEGRADED = "degraded"
+    DOWN = "down"
+
+
+class TrackPayload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    sid: str
+    participant_sid: str
+    name: str = ""
+    kind: TrackKind
+    source: int = 0  # livekit TrackSource enum value
+    muted: bool = False
+    width: int = 0
+    height: int = 0
+    simulcast: bool = False
+    mime_type: str = ""
+    info: str = ""  # base64 of the livekit TrackInfo protobuf, so nothing LiveKit-visible is lost
+
+
+# ---------------------------------------------------------------------------------------------
+# Room events
+
+
+@register
+class RoomCreated(EventPayload):
+    TYPE: ClassVar[str] = "room.created"
+    sid: str
+    name: str
+    empty_timeout: int = 0
+    departure_timeout: int = 0
+    max_participants: int = 0
+    metadata: str = ""
+    project: str = ""
+
+
+@register
+class RoomMetadataUpdated(EventPayload):
+    TYPE: ClassVar[str] = "room.metadata_updated"
+    sid: str
+    metadata: str
+
+
+@register
+class RoomFinished(EventPayload):
+    TYPE: ClassVar[str] = "room.finished"
+    sid: str
+    reason: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Participant events
+
+
+@register
+class ParticipantJoined(EventPayload):
+    TYPE: ClassVar[str] = "participant.joined"
+    sid: str
+    room_sid: str
+    identity: str
+    name: str = ""
+    metadata: str = ""
+    attributes: dict[str, str] = {}
+    kind: int = 0
+    node: str
+    signal_node: str = ""
+    project: str = ""
+    info: str = ""  # base64 ParticipantInfo
+
+
+@register
+class ParticipantActive(EventPayload):
+    TYPE: ClassVar[str] = "participant.active"
+    sid: str
+    identity: str
+
+
+@register
+class ParticipantUpdated(EventPayload):
+    TYPE: ClassVar[str] = "participant.updated"
+    sid: str
+    identity: str
+    name: str | None = None
+    metadata: str | None = None
+    attributes: dict[str, str] | None = None
+    permission: str | None = None  # base64 ParticipantPermission
+    info: str = ""
+
+
+@register
+class ParticipantLeft(EventPayload):
+    TYPE: ClassVar[str] = "participant.left"
+    sid: str
+    identity: str
+    reason: str = ""
+    aborted: bool = False  # never became active (participant_connection_aborted)
+
+
+# ---------------------------------------------------------------------------------------------
+# Track events
+
+
+@register
+class TrackPublished(EventPayload):
+    TYPE: ClassVar[str] = "track.published"
+    track: TrackPayload
+    node: str
+
+
+@register
+class TrackMuted(EventPayload):
+    TYPE: ClassVar[str] = "track.muted"
+    sid: str
+    participant_sid: str
+    muted: bool
+
+
+@register
+class TrackUnpublished(EventPayload):
+    TYPE: ClassVar[str] = "track.unpublished"
+    sid: str
+    participant_sid: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Node events
+
+
+@register
+class NodeUp(EventPayload):
+    TYPE: ClassVar[str] = "node.up"
+    node_id: str
+    service: str
+    dc: str
+    address: str = ""
+    version: str = ""
+
+
+@register
+class NodeHeartbeat(EventPayload):
+    TYPE: ClassVar[str] = "node.heartbeat"
+    node_id: str
+    service: str
+    dc: str
+    participants: int = 0
+    tracks: int = 0
+    load: float = 0.0  # 0..1, share of the node's capacity in use
+    draining: bool = False
+    interval_ms: int = 1000
+
+
+@register
+class NodeDown(EventPayload):
+    TYPE: ClassVar[str] = "node.down"
+    node_id: str
+    service: str
+    dc: str
+    reason: str = ""  # "shutdown", "missed_heartbeats", "bus_disconnected"
+
+
+# ---------------------------------------------------------------------------------------------
+# Link state (relay mesh)
+
+
+@register
+class LinkStateChanged(EventPayload):
+    TYPE: ClassVar[str] = "link.state"
+    src_dc: str
+    dst_dc: str
+    status: LinkStatus
+    rtt_ms: float = 0.0
+    loss: float = 0.0  # 0..1
+
+
+# ---------------------------------------------------------------------------------------------
+# Usage (metering)
+
+
+@register
+class UsageSample(EventPayload):
+    """Counters for one (participant, track, direction) over [start_ms, end_ms)."""
+
+    TYPE: ClassVar[str] = "usage.sample"
+    project: str
+    room: str
+    room_sid: str = ""
+    participant_sid: str = ""
+    identity: str = ""
+    track_sid: str = ""
+    direction: Direction
+    bytes: int = 0
+    packets: int = 0
+    connection_ms: int = 0
+    start_ms: int
+    end_ms: int
