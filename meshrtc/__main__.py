@@ -1,0 +1,5 @@
+import sys
+
+from meshrtc.cli import main
+
+sys.exit(main())
