@@ -73,6 +73,7 @@ class Settings:
     pricing_file: str = ""
     relay_port: int = 0
     relay_keys: dict[str, str] = field(default_factory=dict)
+    nats_connect_timeout: float = 10.0
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -125,6 +126,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pricing_file=env.get("MESHRTC_PRICING_FILE", ""),
         relay_port=_int(env, "MESHRTC_RELAY_PORT", 0),
         relay_keys=relay_keys,
+        nats_connect_timeout=float(_int(env, "MESHRTC_NATS_CONNECT_TIMEOUT", 10)),
     )
     from shared.subjects import check_dc
 

@@ -91,7 +91,7 @@ class NatsServer:
     def start(self, timeout: float = 10.0) -> NatsServer:
         conf = Path(self.store_dir) / "nats.conf"
         conf.write_text(self.config_text())
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(conf)],
             stdout=out,

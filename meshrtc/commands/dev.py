@@ -1,0 +1,140 @@
+"""`meshrtc dev`: everything on one machine, no set-up.
+
+Starts an embedded nats-server (JetStream in a temporary directory), migrates a SQLite
+database, and supervises one process per service (`meshrtc serve <service>`), restarting any
+that dies. SIGINT/SIGTERM stop everything, NATS included; children also get SIGTERM from the
+kernel if this process is killed outright (PR_SET_PDEATHSIG), so nothing is orphaned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.config import Settings, settings_to_env
+from shared.natsserver import NatsServer, _set_parent_death_signal
+
+DEV_KEY, DEV_SECRET = "devkey", "secret"
+
+
+@dataclass
+class Child:
+    service: str
+    node_id: str
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "meshrtc", "serve", self.service],
+            env={**os.environ, **self.env, "MESHRTC_NODE_ID": self.node_id},
+            preexec_fn=_set_parent_death_signal,
+        )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("dev", help="run everything locally: embedded NATS, SQLite, all services")
+    parser.add_argument("--bind", default="127.0.0.1", help="HTTP/WebSocket address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7880, help="HTTP/WebSocket port (default 7880)")
+    parser.add_argument("--nats-port", type=int, default=0, help="embedded NATS port (default: a free one)")
+    parser.add_argument("--media-nodes", type=int, default=1, help="media processes to run (default 1)")
+    parser.add_argument("--webhook", action="append", default=[], help="webhook URL (repeatable)")
+    parser.add_argument("--dc", default="dc1")
+    parser.add_argument("--data-dir", help="keep NATS and SQLite data here instead of a temporary dir")
+    parser.add_argument("--advertise-ip", action="append", default=[],
+                        help="IP offered in ICE candidates (default 127.0.0.1)")
+    parser.add_argument("--log-level", default=os.environ.get("MESHRTC_LOG_LEVEL", "INFO"))
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.db import upgrade  # deferred: keeps `meshrtc --help` fast
+
+    stop = {"now": False}
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    own_dir = args.data_dir is None
+    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="meshrtc-dev-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "nats").mkdir(exist_ok=True)
+    nats = NatsServer(port=args.nats_port or None, store_dir=str(data_dir / "nats"),
+                      log_file=str(data_dir / "nats.log"))
+    children: list[Child] = []
+    try:
+        nats.start()
+        database_url = f"sqlite:///{data_dir / 'meshrtc.db'}"
+        upgrade(database_url)
+        settings = Settings(
+            nats_url=nats.url, dc=args.dc, database_url=database_url, api_keys={DEV_KEY: DEV_SECRET},
+            http_host=args.bind, http_port=args.port, advertise_ips=args.advertise_ip or ["127.0.0.1"],
+            webhook_urls=args.webhook, dev=True, log_level=args.log_level.upper(),
+        )
+        env = settings_to_env(settings)
+        children.append(Child("room", f"room-{args.dc}", env))
+        children.append(Child("billing", f"billing-{args.dc}", env))
+        children.append(Child("relay", f"relay-{args.dc}", env))
+        for index in range(max(1, args.media_nodes)):
+            children.append(Child("media", f"media-{args.dc}-{index + 1}", env))
+        children.append(Child("signal", f"signal-{args.dc}", env))
+        for child in children:
+            child.start()
+        print(
+            "meshrtc dev\n"
+            f"  URL:        ws://{args.bind}:{args.port}\n"
+            f"  API key:    {DEV_KEY}\n"
+            f"  API secret: {DEV_SECRET}\n"
+            f"  NATS:       {nats.url}\n"
+            f"  data:       {data_dir}\n"
+            "  Ctrl-C to stop",
+            flush=True,
+        )
+        while not stop["now"]:
+            time.sleep(0.2)
+            for child in children:
+                proc = child.process
+                if proc is not None and proc.poll() is not None and not stop["now"]:
+                    print(f"meshrtc dev: {child.service} ({child.node_id}) exited with {proc.returncode}; "
+                          "restarting", file=sys.stderr, flush=True)
+                    child.process = None
+                    child.restarts += 1
+                    child.next_start = time.monotonic() + min(5.0, 0.5 * child.restarts)
+                if child.process is None and time.monotonic() >= child.next_start and not stop["now"]:
+                    child.start()
+        return 0
+    finally:
+        _stop_children(children)
+        nats.stop(remove_store=False)
+        if own_dir:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        print("meshrtc dev: stopped", flush=True)
+
+
+def _stop_children(children: list[Child]) -> None:
+    for child in children:
+        if child.process and child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for child in children:
+        if child.process is None:
+            continue
+        try:
+            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()

@@ -1,0 +1,66 @@
+"""Signal service wiring: the bus, the token verifier and the HTTP/WebSocket server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import uvicorn
+
+from shared.auth import TokenVerifier
+from shared.config import Settings
+from shared.service import Service
+
+from .http import build_app
+from .rtc import RtcEndpoint
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME = 1 << 20  # a SignalRequest larger than 1 MiB is refused (WebSocket close 1009)
+
+
+class SignalService(Service):
+    name = "signal"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        settings.require_api_keys()
+        self.verifier = TokenVerifier(settings.api_keys)
+        self._server: uvicorn.Server | None = None
+        self._server_task: asyncio.Task[None] | None = None
+        self.rtc: RtcEndpoint
+
+    def region_list(self) -> list[dict[str, str]]:
+        host = self.settings.http_host if self.settings.http_host not in ("0.0.0.0", "::") else "127.0.0.1"
+        return [{"region": self.settings.region or self.settings.dc,
+                 "url": f"ws://{host}:{self.settings.http_port}", "distance": "0"}]
+
+    async def on_start(self) -> None:
+        assert self.bus
+        self.rtc = RtcEndpoint(self.bus, self.verifier, self.settings.dc, self.node_id)
+        config = uvicorn.Config(
+            build_app(self), host=self.settings.http_host, port=self.settings.http_port, log_level="warning",
+            ws="websockets-sansio", ws_max_size=MAX_FRAME, ws_ping_interval=10, ws_ping_timeout=20,
+            lifespan="off", access_log=False,
+        )
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._server_task = asyncio.create_task(self._server.serve(), name="signal-http")
+        while not self._server.started:
+            if self._server_task.done():
+                self._server_task.result()
+                raise RuntimeError("signal HTTP server stopped while starting")
+            await asyncio.sleep(0.02)
+        log.info("signal listening on http://%s:%d", self.settings.http_host, self.settings.http_port)
+
+    async def on_stop(self) -> None:
+        if self._server:
+            self._server.should_exit = True
+        if self._server_task:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server_task, 5)
+
+
+async def main(settings: Settings) -> None:
+    await SignalService(settings).run()

@@ -1,0 +1,69 @@
+"""HTTP routes of the signal edge: health, `/rtc` and its validate paths, regions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from .admission import HttpError, authenticate
+
+if TYPE_CHECKING:
+    from .app import SignalService
+
+CORS = {"Access-Control-Allow-Origin": "*"}
+
+
+def build_app(service: SignalService) -> FastAPI:
+    app = FastAPI(title="meshrtc signal", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
+                       expose_headers=["*"])
+
+    @app.api_route("/", methods=["GET", "HEAD"])
+    async def root() -> Response:
+        return PlainTextResponse("OK")
+
+    @app.get("/healthz")
+    async def health() -> Response:
+        healthy = service.bus is not None and service.bus.is_connected
+        return JSONResponse({"status": "ok" if healthy else "degraded", "node": service.node_id,
+                             "dc": service.settings.dc}, status_code=200 if healthy else 503)
+
+    @app.websocket("/rtc")
+    async def rtc_ws(ws: WebSocket) -> None:
+        await service.rtc.handle(ws)
+
+    @app.get("/rtc")
+    async def rtc_plain() -> Response:
+        return PlainTextResponse("WebSocket upgrade required", status_code=404)
+
+    @app.get("/rtc/validate")
+    async def rtc_validate(request: Request) -> Response:
+        try:
+            service.rtc.validate(request.headers.get("authorization"), dict(request.query_params),
+                                 request.headers.get("user-agent", ""))
+        except HttpError as exc:
+            return PlainTextResponse(exc.message, status_code=exc.status, headers=CORS)
+        return PlainTextResponse("success", headers=CORS)
+
+    # Single-PC signalling (/rtc/v1) is not offered: both SDKs fall back to /rtc on a plain 404.
+    @app.websocket("/rtc/v1")
+    async def rtc_v1_ws(ws: WebSocket) -> None:
+        await ws.send_denial_response(PlainTextResponse("v1 signalling is not supported", status_code=404))
+
+    @app.get("/rtc/v1")
+    @app.get("/rtc/v1/validate")
+    async def rtc_v1_validate() -> Response:
+        return PlainTextResponse("v1 signalling is not supported", status_code=404, headers=CORS)
+
+    @app.get("/settings/regions")
+    async def regions(request: Request) -> Response:
+        try:
+            authenticate(service.verifier, request.headers.get("authorization"), None)
+        except HttpError as exc:
+            return PlainTextResponse(exc.message, status_code=exc.status, headers=CORS)
+        return JSONResponse({"regions": service.region_list()}, headers={"Cache-Control": "max-age=30"})
+
+    return app

@@ -1,0 +1,203 @@
+"""`/rtc`: the client's WebSocket, bridged to its session on a media node.
+
+The signal service keeps no media state. It authenticates, asks the room service to admit and
+place the participant, opens the session on the chosen media node, and then moves frames:
+client frames to `sess.<node>.<sid>.up`, node frames from `sess.client.<sid>.down` to the
+client. Pings are answered here, so liveness does not depend on the media node's load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from fastapi import WebSocket, WebSocketDisconnect
+from google.protobuf.message import DecodeError
+from livekit.protocol import models, rtc
+from starlette.responses import PlainTextResponse
+
+from shared.auth import TokenVerifier
+from shared.bus import Bus, BusTimeout, RemoteError
+from shared.control import CloseSession, OpenSession, SessionOpened
+from shared.subjects import media_node_subject, session_to_node_subject, session_to_signal_subject
+
+from .admission import HttpError, admit, authenticate
+from .params import ConnectParams, ParamError, parse_connect_params
+
+log = logging.getLogger(__name__)
+
+CLOSE_HEADER = "Meshrtc-Close"
+DOWN_QUEUE = 4096  # frames buffered per client before the slowest client is cut loose
+
+
+@dataclass
+class SignalCounters:
+    sessions: int = 0
+    frames_up: int = 0
+    frames_down: int = 0
+    malformed_frames: int = 0
+
+
+class RtcEndpoint:
+    def __init__(self, bus: Bus, verifier: TokenVerifier, dc: str, node_id: str) -> None:
+        self.bus = bus
+        self.verifier = verifier
+        self.dc = dc
+        self.node_id = node_id
+        self.counters = SignalCounters()
+
+    # ---- validation shared by /rtc and /rtc/validate --------------------------------------
+    def validate(self, authorization: str | None, query: dict[str, str], user_agent: str) -> ConnectParams:
+        try:
+            params = parse_connect_params(query, user_agent)
+        except ParamError as exc:
+            raise HttpError(exc.status, exc.message) from None
+        claims = authenticate(self.verifier, authorization, query.get("access_token"))
+        from .admission import check_join_grants
+
+        check_join_grants(claims)
+        return params
+
+    async def handle(self, ws: WebSocket) -> None:
+        query = dict(ws.query_params)
+        address = ws.client.host if ws.client else ""
+        try:
+            params = parse_connect_params(query, ws.headers.get("user-agent", ""), address)
+            claims = authenticate(self.verifier, ws.headers.get("authorization"), query.get("access_token"))
+        except ParamError as exc:
+            await ws.send_denial_response(PlainTextResponse(exc.message, status_code=exc.status))
+            return
+        except HttpError as exc:
+            await ws.send_denial_response(PlainTextResponse(exc.message, status_code=exc.status))
+            return
+
+        if params.reconnect:
+            # No resumable session is kept across signal connections yet: tell the client to
+            # rejoin in full (it keeps its identity; the room replaces the old participant).
+            await ws.accept()
+            leave = rtc.SignalResponse(leave=rtc.LeaveRequest(
+                can_reconnect=True, reason=models.DisconnectReason.STATE_MISMATCH,
+                action=rtc.LeaveRequest.Action.RECONNECT))
+            await ws.send_bytes(leave.SerializeToString())
+            await ws.close()
+            return
+
+        down: asyncio.Queue[tuple[bytes, str | None]] = asyncio.Queue(DOWN_QUEUE)
+        participant_sid = ""
+        subscription = None
+        try:
+            admitted = await admit(self.bus, self.dc, self.node_id, claims, params)
+            admission = admitted.admission
+            participant_sid = admission.participant_sid
+            assert admission.room is not None
+
+            async def on_down(msg: object) -> None:
+                headers = getattr(msg, "headers", None) or {}
+                try:
+                    down.put_nowait((msg.data, headers.get(CLOSE_HEADER)))  # type: ignore[attr-defined]
+                except asyncio.QueueFull:
+                    # A client that stops reading must not grow memory without bound: cut it loose.
+                    log.warning("client %s is not reading; closing its signal connection", participant_sid)
+                    while not down.empty():
+                        down.get_nowait()
+                    down.put_nowait((b"", "slow_client"))
+
+            subscription = await self.bus.subscribe(session_to_signal_subject(participant_sid), on_down)
+            request = admitted.request
+            open_msg = OpenSession(
+                project=request.project, room=admission.room, participant_sid=participant_sid,
+                identity=request.identity, name=request.name, metadata=request.metadata,
+                attributes=request.attributes, kind=request.kind, permission=request.permission,
+                client=params.client, auto_subscribe=params.auto_subscribe,
+                adaptive_stream=params.adaptive_stream, subscriber_allow_pause=params.subscriber_allow_pause,
+                signal_node=self.node_id, replaced_sid=admission.replaced_sid,
+                token_expires_at=claims.expires_at or 0,
+            )
+            try:
+                raw = await self.bus.request(media_node_subject(admission.node_id, "open"), open_msg.encode(),
+                                             timeout=5.0)
+            except (BusTimeout, RemoteError) as exc:
+                raise HttpError(503, f"media node unavailable: {exc}") from None
+            opened = SessionOpened.decode(raw)
+            if not opened.ok:
+                raise HttpError(opened.status or 500, opened.error or "session refused")
+        except HttpError as exc:
+            if subscription is not None:
+                await subscription.unsubscribe()
+            await ws.send_denial_response(PlainTextResponse(exc.message, status_code=exc.status))
+            return
+
+        await ws.accept()
+        self.counters.sessions += 1
+        up_subject = session_to_node_subject(admission.node_id, participant_sid)
+        graceful = False
+        sender = asyncio.create_task(self._pump_down(ws, down), name=f"ws-down-{participant_sid}")
+        try:
+            graceful = await self._pump_up(ws, up_subject, sender)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+            self.counters.sessions -= 1
+            close = CloseSession(participant_sid=participant_sid, graceful=graceful,
+                                 reason="client_leave" if graceful else "signal_closed")
+            with contextlib.suppress(Exception):
+                await self.bus.request(media_node_subject(admission.node_id, "close"), close.encode(), timeout=2.0)
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+    async def _pump_down(self, ws: WebSocket, down: asyncio.Queue[tuple[bytes, str | None]]) -> None:
+        while True:
+            data, close_reason = await down.get()
+            if data:
+                await ws.send_bytes(data)
+                self.counters.frames_down += 1
+            if close_reason is not None:
+                await ws.close()
+                return
+
+    async def _pump_up(self, ws: WebSocket, up_subject: str, sender: asyncio.Task[None]) -> bool:
+        """Returns True when the client left on purpose (sent `leave`)."""
+        receive = asyncio.ensure_future(ws.receive())
+        try:
+            while True:
+                done, _ = await asyncio.wait({receive, sender}, return_when=asyncio.FIRST_COMPLETED)
+                if sender in done:
+                    return False
+                message = receive.result()
+                if message["type"] == "websocket.disconnect":
+                    return False
+                data = message.get("bytes")
+                receive = asyncio.ensure_future(ws.receive())
+                if not data:
+                    continue  # text frames are not part of the protocol; ignore them
+                try:
+                    request = rtc.SignalRequest.FromString(data)
+                except DecodeError:
+                    self.counters.malformed_frames += 1
+                    continue
+                kind = request.WhichOneof("message")
+                if kind == "ping":
+                    await ws.send_bytes(rtc.SignalResponse(pong=int(time.time() * 1000)).SerializeToString())
+                    continue
+                if kind == "ping_req":
+                    now = int(time.time() * 1000)
+                    pong = rtc.Pong(last_ping_timestamp=request.ping_req.timestamp, timestamp=now)
+                    await ws.send_bytes(rtc.SignalResponse(pong_resp=pong).SerializeToString())
+                    continue
+                if kind is None:
+                    self.counters.malformed_frames += 1  # unknown case from a newer client: ignore
+                    continue
+                self.counters.frames_up += 1
+                await self.bus.publish(up_subject, data)
+                if kind == "leave":
+                    return True
+        except WebSocketDisconnect:
+            return False
+        finally:
+            receive.cancel()

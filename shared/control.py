@@ -1,0 +1,136 @@
+"""Typed control messages (request/reply over core NATS) between signal, room and media.
+
+Unlike events these are not persisted: they are commands and their answers. Each message is a
+pydantic model; `encode`/`decode` give the wire form, so no service builds dicts by hand.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+M = TypeVar("M", bound="ControlMessage")
+
+
+class ControlDecodeError(ValueError):
+    pass
+
+
+class ControlMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def decode(cls: type[M], raw: bytes) -> M:
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ControlDecodeError(f"malformed {cls.__name__}: {exc.error_count()} error(s): {exc}") from exc
+
+
+class ClientDetails(ControlMessage):
+    sdk: str = ""
+    version: str = ""
+    protocol: int = 0
+    client_protocol: int = 0
+    os: str = ""
+    os_version: str = ""
+    device_model: str = ""
+    browser: str = ""
+    browser_version: str = ""
+    network: str = ""
+    capabilities: list[str] = []
+    address: str = ""
+
+
+class PermissionSpec(ControlMessage):
+    can_subscribe: bool = True
+    can_publish: bool = True
+    can_publish_data: bool = True
+    can_publish_sources: list[int] = []  # livekit TrackSource values
+    can_update_metadata: bool = False
+    hidden: bool = False
+    recorder: bool = False
+    agent: bool = False
+
+
+class RoomSpec(ControlMessage):
+    name: str
+    sid: str = ""
+    empty_timeout: int = 0
+    departure_timeout: int = 0
+    max_participants: int = 0
+    metadata: str = ""
+    creation_time_ms: int = 0
+
+
+class JoinRequest(ControlMessage):
+    """signal -> room: admit this participant and place it on a media node."""
+
+    project: str  # API key the token was signed with
+    room: str
+    identity: str
+    name: str = ""
+    metadata: str = ""
+    attributes: dict[str, str] = {}
+    kind: int = 0
+    permission: PermissionSpec = PermissionSpec()
+    room_config: dict[str, object] = {}
+    signal_node: str = ""
+    reconnect: bool = False
+    participant_sid: str = ""  # on resume
+
+
+class JoinAdmission(ControlMessage):
+    ok: bool
+    status: int = 200  # HTTP status for the client when not ok
+    error: str = ""
+    room: RoomSpec | None = None
+    participant_sid: str = ""
+    node_id: str = ""
+    replaced_sid: str = ""  # old session of the same identity, to be closed
+
+
+class OpenSession(ControlMessage):
+    """signal -> media node: create the LiveKit session for an admitted participant."""
+
+    project: str
+    room: RoomSpec
+    participant_sid: str
+    identity: str
+    name: str = ""
+    metadata: str = ""
+    attributes: dict[str, str] = {}
+    kind: int = 0
+    permission: PermissionSpec = PermissionSpec()
+    client: ClientDetails = ClientDetails()
+    auto_subscribe: bool = True
+    adaptive_stream: bool = False
+    subscriber_allow_pause: bool = False
+    signal_node: str = ""
+    replaced_sid: str = ""
+    token_expires_at: int = 0
+    reconnect: bool = False
+
+
+class SessionOpened(ControlMessage):
+    ok: bool
+    error: str = ""
+    status: int = 200
+    resumed: bool = False
+
+
+class CloseSession(ControlMessage):
+    """signal -> media: the client's WebSocket is gone (or the client left)."""
+
+    participant_sid: str
+    reason: str = "signal_closed"
+    graceful: bool = False  # client sent leave
+
+
+class Ack(ControlMessage):
+    ok: bool = True
+    error: str = ""
