@@ -1,0 +1,165 @@
+"""The media node: hosts sessions of many rooms, talks to signal over per-session subjects and
+reports what happens as events."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+
+from livekit.protocol import models
+
+from shared.config import Settings
+from shared.control import Ack, CloseSession, ControlDecodeError, OpenSession, SessionOpened
+from shared.events import (
+    NodeHeartbeat,
+    ParticipantActive,
+    ParticipantJoined,
+    ParticipantLeft,
+    ParticipantUpdated,
+    TrackKind,
+    TrackMuted,
+    TrackPayload,
+    TrackPublished,
+    TrackUnpublished,
+)
+from shared.ids import new_track_sid
+from shared.service import Service
+from shared.subjects import media_node_subject, session_to_signal_subject
+from shared.tasks import background
+
+from .room import NodeRoom
+from .session import Session
+from .track import PublishedTrack
+from .webrtc import ice
+
+log = logging.getLogger(__name__)
+
+CLOSE_HEADER = "Meshrtc-Close"
+REASON_NAMES = {v: k for k, v in models.DisconnectReason.items()}
+
+
+class MediaNode(Service):
+    name = "media"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.rooms: dict[str, NodeRoom] = {}
+        self.sessions: dict[str, Session] = {}
+
+    # ---- wiring ---------------------------------------------------------------------------
+    async def on_start(self) -> None:
+        assert self.bus
+        ice.configure(host_addresses=self.settings.advertise_ips or None,
+                      port_min=self.settings.rtc_port_min, port_max=self.settings.rtc_port_max)
+        await self.bus.serve(media_node_subject(self.node_id, "open"), self._on_open)
+        await self.bus.serve(media_node_subject(self.node_id, "close"), self._on_close)
+        await self.bus.subscribe(f"sess.{self.node_id}.*.up", self._on_up)
+
+    async def on_stop(self) -> None:
+        await asyncio.gather(*(s.close(models.DisconnectReason.SERVER_SHUTDOWN,
+                                       action=1) for s in list(self.sessions.values())),
+                             return_exceptions=True)
+
+    def heartbeat_load(self) -> NodeHeartbeat:
+        tracks = sum(len(s.tracks) for s in self.sessions.values())
+        participants = len(self.sessions)
+        return NodeHeartbeat(node_id=self.node_id, service=self.name, dc=self.settings.dc,
+                             participants=participants, tracks=tracks,
+                             load=min(1.0, participants / max(1, self.settings.media_capacity)),
+                             draining=self.draining, interval_ms=self.settings.heartbeat_ms)
+
+    # ---- control --------------------------------------------------------------------------
+    async def _on_open(self, data: bytes) -> bytes:
+        try:
+            spec = OpenSession.decode(data)
+        except ControlDecodeError as exc:
+            return SessionOpened(ok=False, status=400, error=str(exc)).encode()
+        room = self.rooms.get(spec.room.name)
+        if room is None or room.spec.sid != spec.room.sid:
+            room = self.rooms[spec.room.name] = NodeRoom(spec.room)
+        for old in [self.sessions.get(spec.replaced_sid), room.by_identity(spec.identity)]:
+            if old is not None and not old.closed:
+                await old.close(models.DisconnectReason.DUPLICATE_IDENTITY)
+        session = Session(self, room, spec)
+        self.sessions[session.sid] = session
+        room.sessions[session.sid] = session
+        await self._publish(ParticipantJoined(
+            sid=session.sid, room_sid=spec.room.sid, identity=spec.identity, name=spec.name, metadata=spec.metadata,
+            attributes=spec.attributes, kind=spec.kind, node=self.node_id, signal_node=spec.signal_node,
+            project=spec.project, info=base64.b64encode(session.info.SerializeToString()).decode()), room.name)
+        await session.start()
+        return SessionOpened(ok=True).encode()
+
+    async def _on_close(self, data: bytes) -> bytes:
+        request = CloseSession.decode(data)
+        session = self.sessions.get(request.participant_sid)
+        if session is not None:
+            reason = (models.DisconnectReason.CLIENT_INITIATED if request.graceful
+                      else models.DisconnectReason.SIGNAL_CLOSE)
+            await session.close(reason, send_leave=False)
+        return Ack().encode()
+
+    async def _on_up(self, msg: object) -> None:
+        subject: str = msg.subject  # type: ignore[attr-defined]
+        sid = subject.split(".")[2]
+        session = self.sessions.get(sid)
+        if session is not None:
+            session.enqueue(msg.data)  # type: ignore[attr-defined]
+
+    async def send_to_client(self, sid: str, data: bytes, close_reason: str | None) -> None:
+        assert self.bus
+        headers = {CLOSE_HEADER: close_reason} if close_reason is not None else None
+        await self.bus.publish(session_to_signal_subject(sid), data, headers=headers)
+
+    # ---- callbacks from sessions (reported as events) ---------------------------------------
+    def new_track_sid(self, track_type: int) -> str:
+        return new_track_sid("A" if track_type == models.TrackType.AUDIO else "V")
+
+    def _publish_soon(self, payload: object, room: str) -> None:
+        background(self._publish(payload, room), "publish-event")
+
+    async def _publish(self, payload: object, room: str) -> None:
+        assert self.bus
+        try:
+            await self.bus.publish_event(self.envelope(payload, room=room))
+        except Exception as exc:
+            log.warning("event %s not published: %s", type(payload).__name__, exc)
+
+    def participant_active(self, session: Session) -> None:
+        self._publish_soon(ParticipantActive(sid=session.sid, identity=session.identity), session.room.name)
+
+    def participant_updated(self, session: Session) -> None:
+        info = session.info
+        self._publish_soon(ParticipantUpdated(
+            sid=session.sid, identity=session.identity, name=info.name, metadata=info.metadata,
+            attributes=dict(info.attributes), info=base64.b64encode(info.SerializeToString()).decode()),
+            session.room.name)
+
+    def session_closed(self, session: Session, reason: int) -> None:
+        self.sessions.pop(session.sid, None)
+        room = session.room
+        if not room.sessions and self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        self._publish_soon(ParticipantLeft(sid=session.sid, identity=session.identity,
+                                           reason=REASON_NAMES.get(reason, "UNKNOWN_REASON"),
+                                           aborted=not session.active), room.name)
+
+    def _track_payload(self, session: Session, track: PublishedTrack) -> TrackPayload:
+        info = track.info
+        return TrackPayload(
+            sid=track.sid, participant_sid=session.sid, name=info.name,
+            kind=TrackKind.AUDIO if info.type == models.TrackType.AUDIO else TrackKind.VIDEO,
+            source=info.source, muted=info.muted, width=info.width, height=info.height, simulcast=info.simulcast,
+            mime_type=info.mime_type, info=base64.b64encode(info.SerializeToString()).decode())
+
+    def track_published(self, session: Session, track: PublishedTrack) -> None:
+        self._publish_soon(TrackPublished(track=self._track_payload(session, track), node=self.node_id),
+                           session.room.name)
+
+    def track_unpublished(self, session: Session, track: PublishedTrack) -> None:
+        self._publish_soon(TrackUnpublished(sid=track.sid, participant_sid=session.sid), session.room.name)
+
+    def track_muted(self, session: Session, track: PublishedTrack) -> None:
+        self._publish_soon(TrackMuted(sid=track.sid, participant_sid=session.sid, muted=track.info.muted),
+                           session.room.name)

@@ -1,0 +1,412 @@
+"""One participant's LiveKit session on this media node.
+
+Speaks the session protocol over the signal bridge (JoinResponse first, subscriber-primary
+offer, answers echoing offer ids, trickle, track publication, mute, updates, data) and owns the
+participant's two PeerConnections. Every PeerConnection operation runs under a deadline; any
+failure closes the session unconditionally so nothing wedges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from google.protobuf.message import DecodeError
+from livekit.protocol import models, rtc
+
+from shared.control import OpenSession
+from shared.tasks import background
+
+from . import protocol
+from .data import DataSenderState, route_data
+from .room import NodeRoom
+from .track import PublishedTrack
+from .webrtc.peer import MediaPeer
+
+if TYPE_CHECKING:
+    from .node import MediaNode
+
+log = logging.getLogger(__name__)
+
+PC_DEADLINE = 10.0  # seconds any single PeerConnection operation may take
+ICE_DEADLINE = 20.0  # a session whose transports never connect is released
+SOURCE_NAMES = {models.TrackSource.CAMERA: "camera", models.TrackSource.MICROPHONE: "microphone",
+                models.TrackSource.SCREEN_SHARE: "screen_share",
+                models.TrackSource.SCREEN_SHARE_AUDIO: "screen_share_audio"}
+
+
+class Session:
+    def __init__(self, node: MediaNode, room: NodeRoom, spec: OpenSession) -> None:
+        self.node = node
+        self.room = room
+        self.spec = spec
+        self.sid = spec.participant_sid
+        self.identity = spec.identity
+        self.permission = spec.permission
+        self.info = models.ParticipantInfo(
+            sid=self.sid, identity=spec.identity, name=spec.name, metadata=spec.metadata,
+            state=models.ParticipantInfo.State.JOINING, joined_at=int(time.time()),
+            joined_at_ms=int(time.time() * 1000), kind=spec.kind, permission=protocol.permission_proto(spec.permission),
+            region=node.settings.region or node.settings.dc, client_protocol=spec.client.client_protocol,
+        )
+        self.info.attributes.update(spec.attributes)
+        self.version = 0
+        self.closed = False
+        self.active = False
+        self.tracks: dict[str, PublishedTrack] = {}  # published by this participant, by sid
+        self.pending_tracks: dict[str, rtc.AddTrackRequest] = {}  # cid -> request
+        self.pending_sids: dict[str, str] = {}  # cid -> assigned track sid
+        self.subscriptions: set[str] = set()  # track sids this participant receives
+        self.data_state = DataSenderState(self.sid, self.identity)
+        self.publisher = MediaPeer(role="publisher", label=f"{self.sid}/pub")
+        self.subscriber = MediaPeer(role="subscriber", label=f"{self.sid}/sub")
+        self._outbox: asyncio.Queue[tuple[bytes, str | None]] = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_loop(), name=f"session-out-{self.sid}")
+        self._inbox: asyncio.Queue[bytes] = asyncio.Queue(256)
+        self._reader = asyncio.create_task(self._read_loop(), name=f"session-in-{self.sid}")
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._offer_id = 0
+        self._negotiating = False
+        self._renegotiate = False
+        self._connect_watch: asyncio.Task[None] | None = None
+
+    # ---- outbound frames ------------------------------------------------------------------
+    @property
+    def published(self) -> bool:
+        return bool(self.tracks)
+
+    def send(self, response: rtc.SignalResponse) -> None:
+        if not self.closed:
+            self._outbox.put_nowait((response.SerializeToString(), None))
+
+    async def _write_loop(self) -> None:
+        while True:
+            data, close_reason = await self._outbox.get()
+            await self.node.send_to_client(self.sid, data, close_reason)
+            if close_reason is not None:
+                return
+
+    def spawn(self, coro: Awaitable[object], name: str) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and not self.closed:
+            log.warning("session %s: %s failed: %r; closing", self.sid, task.get_name(), task.exception())
+            background(self.close(models.DisconnectReason.STATE_MISMATCH))
+
+    # ---- participant info -----------------------------------------------------------------
+    def bump(self) -> models.ParticipantInfo:
+        self.version += 1
+        self.info.version = self.version
+        del self.info.tracks[:]
+        self.info.tracks.extend(track.info for track in self.tracks.values())
+        self.info.is_publisher = bool(self.tracks)
+        return self.info
+
+    def announce(self) -> None:
+        self.room.broadcast_participant(self.bump(), hidden=self.permission.hidden)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.publisher.on_data = self._on_data
+        self.publisher.on_state = self._on_transport_state
+        self.subscriber.on_state = self._on_transport_state
+        self.publisher.on_rtp_track = self._on_publisher_media
+        others = [s.bump() for s in self.room.visible_sessions(exclude=self.sid)]
+        self.info.state = models.ParticipantInfo.State.JOINED
+        self.send(protocol.join_response(self.room.proto(), self.bump(), others, self.node.node_id,
+                                         self.node.settings.region or self.node.settings.dc))
+        self.room.broadcast_participant(self.info, exclude=self.sid, hidden=self.permission.hidden)
+        for label, ordered in (("_reliable", True), ("_lossy", False)):
+            self.subscriber.create_data_channel(label, ordered=ordered, max_retransmits=None if ordered else 0)
+        if self.spec.auto_subscribe and self.permission.can_subscribe:
+            for track in list(self.room.tracks.values()):
+                if track.publisher is not self:
+                    self.subscribe(track, negotiate=False)
+        self.spawn(self.negotiate_subscriber(), "subscriber-offer")
+        self._connect_watch = asyncio.create_task(self._watch_connect(), name=f"connect-watch-{self.sid}")
+
+    async def _watch_connect(self) -> None:
+        await asyncio.sleep(ICE_DEADLINE)
+        if not self.active and not self.closed:
+            log.info("session %s never connected its transports; releasing it", self.sid)
+            await self.close(models.DisconnectReason.JOIN_FAILURE)
+
+    def _on_transport_state(self, state: str) -> None:
+        if state == "connected" and not self.active:
+            self.active = True
+            self.info.state = models.ParticipantInfo.State.ACTIVE
+            self.announce()
+            self.node.participant_active(self)
+        elif state in ("failed", "closed") and not self.closed:
+            background(self.close(models.DisconnectReason.CONNECTION_TIMEOUT))
+
+    async def close(self, reason: int = models.DisconnectReason.CLIENT_INITIATED, send_leave: bool = True,
+                    action: int = rtc.LeaveRequest.Action.DISCONNECT) -> None:
+        if self.closed:
+            return
+        if send_leave:
+            self._outbox.put_nowait((protocol.leave(reason, action).SerializeToString(), "leave"))
+        self.closed = True
+        if self._connect_watch:
+            self._connect_watch.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if asyncio.current_task() is not self._reader:
+            self._reader.cancel()
+        for track in list(self.tracks.values()):
+            self.unpublish(track, announce=False)
+        for track in list(self.room.tracks.values()):
+            track.remove_subscriber(self)
+        self.info.state = models.ParticipantInfo.State.DISCONNECTED
+        self.info.disconnect_reason = reason  # type: ignore[assignment]
+        self.room.sessions.pop(self.sid, None)
+        self.room.broadcast_participant(self.bump(), exclude=self.sid, hidden=self.permission.hidden)
+        await asyncio.gather(self.publisher.close(), self.subscriber.close(), return_exceptions=True)
+        if send_leave:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._writer), 2)
+        self._writer.cancel()
+        self.node.session_closed(self, reason)
+
+    # ---- inbound frames -------------------------------------------------------------------
+    def enqueue(self, data: bytes) -> None:
+        """Frames are handled strictly in order (an offer before its trickles), one at a time."""
+        try:
+            self._inbox.put_nowait(data)
+        except asyncio.QueueFull:
+            log.warning("session %s floods the signal channel; closing it", self.sid)
+            background(self.close(models.DisconnectReason.STATE_MISMATCH))
+
+    async def _read_loop(self) -> None:
+        while True:
+            data = await self._inbox.get()
+            try:
+                await self.handle_frame(data)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("session %s: request failed (%r); closing", self.sid, exc)
+                background(self.close(models.DisconnectReason.STATE_MISMATCH))
+                return
+
+    async def handle_frame(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            request = rtc.SignalRequest.FromString(data)
+        except DecodeError:
+            return
+        kind = request.WhichOneof("message")
+        handler: Callable[[rtc.SignalRequest], Awaitable[None]] | None = getattr(self, f"_on_{kind}", None)
+        if handler is None:
+            return  # requests we do not act on (simulate, update_layers…) are ignored, as LiveKit ignores unknowns
+        await handler(request)
+
+    async def _on_offer(self, request: rtc.SignalRequest) -> None:
+        offer = request.offer
+        answer_sdp = await asyncio.wait_for(self.publisher.accept_offer(offer.sdp), PC_DEADLINE)
+        self.send(rtc.SignalResponse(answer=rtc.SessionDescription(type="answer", sdp=answer_sdp, id=offer.id)))
+        self._publish_from_sdp()
+
+    async def _on_answer(self, request: rtc.SignalRequest) -> None:
+        await asyncio.wait_for(self.subscriber.accept_answer(request.answer.sdp), PC_DEADLINE)
+        self._negotiating = False
+        for track in self.room.tracks.values():
+            track.subscriber_ready(self)
+        if self._renegotiate:
+            self._renegotiate = False
+            self.spawn(self.negotiate_subscriber(), "subscriber-offer")
+
+    async def _on_trickle(self, request: rtc.SignalRequest) -> None:
+        trickle = request.trickle
+        if not trickle.candidateInit:
+            return
+        try:
+            candidate = json.loads(trickle.candidateInit)
+        except json.JSONDecodeError:
+            return
+        peer = self.publisher if trickle.target == rtc.SignalTarget.PUBLISHER else self.subscriber
+        await peer.add_remote_candidate(candidate)
+
+    async def _on_add_track(self, request: rtc.SignalRequest) -> None:
+        add = request.add_track
+        source = SOURCE_NAMES.get(add.source, "")
+        allowed = self.permission.can_publish and (
+            not self.permission.can_publish_sources or add.source in self.permission.can_publish_sources)
+        if not allowed:
+            self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
+                reason=rtc.RequestResponse.Reason.NOT_ALLOWED, message=f"not allowed to publish {source or 'track'}")))
+            return
+        sid = self.pending_sids.get(add.cid) or self.node.new_track_sid(add.type)
+        self.pending_sids[add.cid] = sid
+        self.pending_tracks[add.cid] = add
+        info = protocol.track_info_from_request(sid, add)
+        self.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=add.cid, track=info)))
+
+    async def _on_mute(self, request: rtc.SignalRequest) -> None:
+        track = self.tracks.get(request.mute.sid)
+        if track is None:
+            return
+        self.set_muted(track, request.mute.muted)
+
+    def set_muted(self, track: PublishedTrack, muted: bool) -> None:
+        if track.info.muted == muted:
+            return
+        track.info.muted = muted
+        self.node.track_muted(self, track)
+        self.announce()
+
+    async def _on_subscription(self, request: rtc.SignalRequest) -> None:
+        update = request.subscription
+        sids = list(update.track_sids)
+        for pt in update.participant_tracks:
+            sids.extend(pt.track_sids)
+        changed = False
+        for sid in sids:
+            track = self.room.tracks.get(sid)
+            if track is None or track.publisher is self:
+                continue
+            if update.subscribe and sid not in self.subscriptions and self.permission.can_subscribe:
+                self.subscribe(track, negotiate=False)
+                changed = True
+            elif not update.subscribe and sid in self.subscriptions:
+                self.unsubscribe(track, negotiate=False)
+                changed = True
+        if changed:
+            self.spawn(self.negotiate_subscriber(), "subscriber-offer")
+
+    async def _on_track_setting(self, request: rtc.SignalRequest) -> None:
+        settings = request.track_setting
+        for sid in settings.track_sids:
+            track = self.room.tracks.get(sid)
+            if track is not None:
+                track.update_settings(self, settings.disabled, settings.width, settings.height, settings.quality)
+
+    async def _on_leave(self, request: rtc.SignalRequest) -> None:
+        await self.close(models.DisconnectReason.CLIENT_INITIATED, send_leave=False)
+
+    async def _on_update_metadata(self, request: rtc.SignalRequest) -> None:
+        update = request.update_metadata
+        if not self.permission.can_update_metadata:
+            self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
+                request_id=update.request_id, reason=rtc.RequestResponse.Reason.NOT_ALLOWED,
+                message="does not have permission to update own metadata")))
+            return
+        if update.metadata:
+            self.info.metadata = update.metadata
+        if update.name:
+            self.info.name = update.name
+        for key, value in update.attributes.items():
+            if value:
+                self.info.attributes[key] = value
+            else:
+                self.info.attributes.pop(key, None)
+        self.announce()
+        self.node.participant_updated(self)
+        self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
+            request_id=update.request_id, reason=rtc.RequestResponse.Reason.OK)))
+
+    async def _on_subscription_permission(self, request: rtc.SignalRequest) -> None:
+        return None  # every subscriber allowed (selective permissions land with subscriber control)
+
+    async def _on_sync_state(self, request: rtc.SignalRequest) -> None:
+        return None
+
+    # ---- publishing -----------------------------------------------------------------------
+    def _publish_from_sdp(self) -> None:
+        """Tracks become published once an answered offer carries their m-line, matched by msid
+        track id = AddTrackRequest.cid (or a simulcast codec cid), as LiveKit matches them."""
+        for media in self.publisher.incoming_media():
+            if media.track_id in {t.cid for t in self.tracks.values()}:
+                continue
+            request = self.pending_tracks.get(media.track_id)
+            if request is None:
+                request = next((r for r in self.pending_tracks.values()
+                                if any(c.cid == media.track_id for c in r.simulcast_codecs)), None)
+            if request is None:
+                request = next((r for r in self.pending_tracks.values()
+                                if (r.type == models.TrackType.AUDIO) == (media.kind == "audio")
+                                and r.cid not in {t.cid for t in self.tracks.values()}), None)
+            if request is None:
+                continue
+            sid = self.pending_sids[request.cid]
+            self.pending_tracks.pop(request.cid, None)
+            info = protocol.track_info_from_request(sid, request)
+            info.mid = media.mid
+            info.mime_type = media.mime_type
+            track = PublishedTrack(self, info, request.cid, media)
+            self.tracks[sid] = track
+            self.room.tracks[sid] = track
+            self.announce()
+            self.node.track_published(self, track)
+            for other in self.room.visible_sessions(exclude=self.sid):
+                if other.spec.auto_subscribe and other.permission.can_subscribe:
+                    other.subscribe(track)
+
+    def _on_publisher_media(self, mid: str, rid: str, packet: bytes) -> None:
+        return None  # replaced per track by PublishedTrack once published
+
+    def unpublish(self, track: PublishedTrack, announce: bool = True) -> None:
+        self.tracks.pop(track.sid, None)
+        self.room.tracks.pop(track.sid, None)
+        for session in list(track.subscribers()):
+            session.unsubscribe(track)
+        track.close()
+        self.node.track_unpublished(self, track)
+        if announce:
+            self.announce()
+
+    # ---- subscribing ----------------------------------------------------------------------
+    def subscribe(self, track: PublishedTrack, negotiate: bool = True) -> None:
+        if self.closed or track.sid in self.subscriptions:
+            return
+        self.subscriptions.add(track.sid)
+        track.add_subscriber(self)
+        if negotiate:
+            self.spawn(self.negotiate_subscriber(), "subscriber-offer")
+
+    def unsubscribe(self, track: PublishedTrack, negotiate: bool = True) -> None:
+        if track.sid not in self.subscriptions:
+            return
+        self.subscriptions.discard(track.sid)
+        track.remove_subscriber(self)
+        if negotiate and not self.closed:
+            self.spawn(self.negotiate_subscriber(), "subscriber-offer")
+
+    async def negotiate_subscriber(self) -> None:
+        if self.closed:
+            return
+        if self._negotiating:
+            self._renegotiate = True
+            return
+        self._negotiating = True
+        offer_sdp = await asyncio.wait_for(self.subscriber.create_offer(), PC_DEADLINE)
+        self._offer_id += 1
+        self.send(rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=offer_sdp, id=self._offer_id)))
+
+    # ---- data -----------------------------------------------------------------------------
+    def _on_data(self, label: str, data: bytes) -> None:
+        if label not in ("_reliable", "_lossy"):
+            return
+        routed = route_data(self.data_state, self.permission.can_publish_data, data, label == "_reliable")
+        if routed is None:
+            return
+        wanted = set(routed.destinations)
+        for session in list(self.room.sessions.values()):
+            if session is self or (wanted and session.identity not in wanted):
+                continue
+            session.deliver_data(routed.payload, routed.reliable)
+
+    def deliver_data(self, payload: bytes, reliable: bool) -> None:
+        if not self.closed:
+            self.subscriber.send_data("_reliable" if reliable else "_lossy", payload)
