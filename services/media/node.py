@@ -55,6 +55,21 @@ class MediaNode(Service):
         await self.bus.serve(media_node_subject(self.node_id, "open"), self._on_open)
         await self.bus.serve(media_node_subject(self.node_id, "close"), self._on_close)
         await self.bus.subscribe(f"sess.{self.node_id}.*.up", self._on_up)
+        background(self._debug_loop(), "media-debug")
+
+    async def _debug_loop(self) -> None:
+        """Forwarding state per track every few seconds, at DEBUG level (MESHRTC_LOG_LEVEL=DEBUG)."""
+        while True:
+            await asyncio.sleep(3)
+            if not log.isEnabledFor(logging.DEBUG):
+                continue
+            for room in self.rooms.values():
+                for track in room.tracks.values():
+                    subs = [(s.session.identity, s.down.packets_sent if s.down else None,
+                             s.down.needs_keyframe if s.down else None, s.down.current_layer if s.down else None,
+                             s.down.target_layer if s.down else None) for s in track._subs.values()]
+                    log.debug("track %s %s in=%d drop=%d ssrcs=%s rids=%s layers=%s subs=%s", track.sid, track.kind,
+                             track.packets_in, track.dropped_in, track._layer_ssrc, track.rids, track.layers, subs)
 
     async def on_stop(self) -> None:
         await asyncio.gather(*(s.close(models.DisconnectReason.SERVER_SHUTDOWN,

@@ -25,6 +25,7 @@ from shared.tasks import background
 from . import protocol
 from .data import DataSenderState, route_data
 from .room import NodeRoom
+from .rtp import rtcp
 from .track import PublishedTrack
 from .webrtc.peer import MediaPeer
 
@@ -59,6 +60,7 @@ class Session:
         self.closed = False
         self.active = False
         self.tracks: dict[str, PublishedTrack] = {}  # published by this participant, by sid
+        self._tracks_by_mid: dict[str, PublishedTrack] = {}
         self.pending_tracks: dict[str, rtc.AddTrackRequest] = {}  # cid -> request
         self.pending_sids: dict[str, str] = {}  # cid -> assigned track sid
         self.subscriptions: set[str] = set()  # track sids this participant receives
@@ -120,7 +122,8 @@ class Session:
         self.publisher.on_data = self._on_data
         self.publisher.on_state = self._on_transport_state
         self.subscriber.on_state = self._on_transport_state
-        self.publisher.on_rtp_track = self._on_publisher_media
+        self.publisher.on_rtp_track = self.route_rtp
+        self.publisher.on_rtcp = self._on_publisher_rtcp
         others = [s.bump() for s in self.room.visible_sessions(exclude=self.sid)]
         self.info.state = models.ParticipantInfo.State.JOINED
         self.send(protocol.join_response(self.room.proto(), self.bump(), others, self.node.node_id,
@@ -134,6 +137,15 @@ class Session:
                     self.subscribe(track, negotiate=False)
         self.spawn(self.negotiate_subscriber(), "subscriber-offer")
         self._connect_watch = asyncio.create_task(self._watch_connect(), name=f"connect-watch-{self.sid}")
+        self.spawn(self._publisher_rtcp_loop(), "publisher-rtcp")
+
+    async def _publisher_rtcp_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for track in list(self.tracks.values()):
+                for packet in track.tick(now):
+                    self.publisher.send_rtcp(packet)
 
     async def _watch_connect(self) -> None:
         await asyncio.sleep(ICE_DEADLINE)
@@ -346,6 +358,7 @@ class Session:
             info.mime_type = media.mime_type
             track = PublishedTrack(self, info, request.cid, media)
             self.tracks[sid] = track
+            self._tracks_by_mid[track.mid] = track
             self.room.tracks[sid] = track
             self.announce()
             self.node.track_published(self, track)
@@ -353,11 +366,25 @@ class Session:
                 if other.spec.auto_subscribe and other.permission.can_subscribe:
                     other.subscribe(track)
 
-    def _on_publisher_media(self, mid: str, rid: str, packet: bytes) -> None:
-        return None  # replaced per track by PublishedTrack once published
+    def route_rtp(self, mid: str, rid: str, packet: bytes) -> None:
+        track = self._tracks_by_mid.get(mid)
+        if track is not None:
+            track.on_rtp(rid, packet)
+
+    def _on_publisher_rtcp(self, data: bytes) -> None:
+        try:
+            packets = rtcp.parse_compound(data)
+        except ValueError:
+            return
+        for packet in packets:
+            if isinstance(packet, rtcp.SenderReport):
+                for track in self._tracks_by_mid.values():
+                    if track.owns_ssrc(packet.ssrc):
+                        track.on_publisher_rtcp(packet)
 
     def unpublish(self, track: PublishedTrack, announce: bool = True) -> None:
         self.tracks.pop(track.sid, None)
+        self._tracks_by_mid.pop(track.mid, None)
         self.room.tracks.pop(track.sid, None)
         for session in list(track.subscribers()):
             session.unsubscribe(track)

@@ -1,0 +1,254 @@
+"""A track published on this node and its fan-out to local subscribers.
+
+The receive callback (`on_rtp`) is the hot path: one parse into a reusable `SourcePacket`, a
+cache put for NACKs, then one `DownTrack.rewrite` + synchronous `send_rtp` per subscriber. No
+await, no allocation beyond the rewritten bytes, no lookup outside this object.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from livekit.protocol import models
+
+from .receive_stats import ReceiveStats
+from .rtp import rtcp
+from .rtp.codecs import Codec, codec_from_mime
+from .rtp.extensions import URI_AUDIO_LEVEL, ExtensionRewriter, read_audio_level
+from .rtp.forwarder import DownTrack, SourcePacket
+from .rtp.packet_cache import PacketCache
+from .rtp.selector import RID_TO_LAYER, LayerInfo, layer_for_quality, select_layer
+from .webrtc.peer import OutgoingTrack
+from .webrtc.sdp import MediaSection
+
+if TYPE_CHECKING:
+    from .session import Session
+
+log = logging.getLogger(__name__)
+
+PLI_INTERVAL = 0.3  # seconds between keyframe requests per layer
+LAYER_IDLE = 1.0  # a simulcast layer with no packet for this long counts as stopped
+# Upper bound we tell publishers (REMB) for one video track. Libwebrtc adopts a REMB at once in
+# its first seconds, which is what lets a camera reach its top simulcast layer without TWCC.
+MAX_VIDEO_BITRATE = 3_000_000
+SERVER_SSRC = 1  # sender SSRC we put in RTCP feedback towards publishers
+
+
+class Subscription:
+    """One subscriber's leg of a published track."""
+
+    __slots__ = ("down", "outgoing", "paused", "requested_layer", "session")
+
+    def __init__(self, session: Session, outgoing: OutgoingTrack) -> None:
+        self.session = session
+        self.outgoing = outgoing
+        self.down: DownTrack | None = None
+        self.requested_layer = 2
+        self.paused = False
+
+
+class PublishedTrack:
+    def __init__(self, publisher: Session, info: models.TrackInfo, cid: str, media: MediaSection) -> None:
+        self.publisher = publisher
+        self.info = info
+        self.sid = info.sid
+        self.cid = cid
+        self.mid = media.mid or ""
+        self.kind = media.kind
+        self.codec = codec_from_mime(media.mime_type) if media.mime_type else Codec.OPUS
+        primary = media.media_codecs[0] if media.media_codecs else None
+        self.clock_rate = primary.clock_rate if primary else (48000 if self.kind == "audio" else 90000)
+        self.payload_types = {c.payload_type for c in media.media_codecs}
+        self.rtx_payload_types = set(media.rtx_payload_types.values())
+        self.extension_ids = {uri: ext_id for ext_id, uri in media.extmaps.items()}
+        self.rids = media.send_rids if media.is_simulcast_send else []
+        self.layers = sorted({RID_TO_LAYER.get(rid, 2) for rid in self.rids}) or [0]
+        self.top_layer = self.layers[-1]
+        self._layer_info = [LayerInfo(RID_TO_LAYER.get(layer.rid, layer.quality), layer.width, layer.height)
+                            for layer in info.layers] if self.rids else []
+        self._source = SourcePacket(self.codec)
+        self._caches: dict[int, PacketCache] = {}
+        self._layer_ssrc: dict[int, int] = {}
+        self._last_pli: dict[int, float] = {}
+        self._stats: dict[int, ReceiveStats] = {}
+        self._layer_seen = [0.0, 0.0, 0.0]
+        self._audio_level_id = self.extension_ids.get(URI_AUDIO_LEVEL, 0) if self.kind == "audio" else 0
+        self.audio_level = 0.0  # smoothed, 0..1
+        self._subs: dict[str, Subscription] = {}
+        self._active: tuple[Subscription, ...] = ()  # snapshot iterated by the hot path
+        self.packets_in = 0
+        self.bytes_in = 0
+        self.dropped_in = 0
+        self.closed = False
+
+    # ---- receive hot path -----------------------------------------------------------------
+    def on_rtp(self, rid: str, packet: bytes) -> None:
+        pt = packet[1] & 0x7F
+        if pt in self.rtx_payload_types:
+            self.dropped_in += 1  # retransmissions from the publisher are not unwrapped yet
+            return
+        layer = RID_TO_LAYER.get(rid, 2) if rid else self.top_layer
+        source = self._source
+        try:
+            source.load(packet, layer)
+        except ValueError:
+            self.dropped_in += 1
+            return
+        self.packets_in += 1
+        self.bytes_in += len(packet)
+        ssrc = source.ssrc
+        cache = self._caches.get(ssrc)
+        if cache is None:
+            cache = self._caches[ssrc] = PacketCache()
+            self._layer_ssrc[layer] = ssrc
+            self._stats[ssrc] = ReceiveStats(ssrc, self.clock_rate, source.sequence)
+        cache.put(source.sequence, packet)
+        self._stats[ssrc].update(source.sequence, source.timestamp, source.arrival)
+        self._layer_seen[layer] = source.arrival
+        if self._audio_level_id:
+            level = read_audio_level(packet, source, self._audio_level_id)
+            if level >= 0:
+                # RFC 6464: 0 dBov loudest .. 127 silent; smoothed so one loud packet is no speaker.
+                self.audio_level = 0.9 * self.audio_level + 0.1 * (1.0 - level / 127.0)
+        want_keyframe = False
+        for sub in self._active:
+            down = sub.down
+            out = down.rewrite(packet, source)  # type: ignore[union-attr]
+            if out is not None:
+                sub.outgoing.send_rtp(out)
+            elif down.needs_keyframe and layer == down.target_layer:  # type: ignore[union-attr]
+                want_keyframe = True
+        if want_keyframe:
+            self.request_keyframe(layer)
+
+    def request_keyframe(self, layer: int) -> None:
+        now = time.monotonic()
+        if now - self._last_pli.get(layer, 0.0) < PLI_INTERVAL:
+            return
+        ssrc = self._layer_ssrc.get(layer)
+        if ssrc is None:
+            return
+        self._last_pli[layer] = now
+        self.publisher.publisher.send_rtcp(rtcp.build_pli(SERVER_SSRC, ssrc))
+
+    def tick(self, now: float) -> list[bytes]:
+        """Periodic (not per packet): follow the layers the publisher really sends, and build the
+        Receiver Report and REMB that go back to it."""
+        if self.rids:
+            active = [layer for layer in self.layers if now - self._layer_seen[layer] < LAYER_IDLE]
+            for sub in self._active:
+                target = self._effective_layer(sub, active)
+                if sub.down is not None and sub.down.target_layer != target:
+                    sub.down.target_layer = target
+        out: list[bytes] = []
+        if self._stats:
+            out.append(rtcp.build_rr(SERVER_SSRC, [stats.report_block() for stats in self._stats.values()]))
+            if self.kind == "video":
+                out.append(rtcp.build_remb(SERVER_SSRC, MAX_VIDEO_BITRATE, list(self._stats)))
+        return out
+
+    def on_publisher_rtcp(self, packet: rtcp.RtcpPacket) -> None:
+        if isinstance(packet, rtcp.SenderReport):
+            stats = self._stats.get(packet.ssrc)
+            if stats is not None:
+                stats.sender_report(packet.ntp)
+            for sub in self._active:
+                values = sub.down.translate_sender_report(packet.ssrc, packet.ntp, packet.rtp_timestamp)  # type: ignore[union-attr]
+                if values is not None:
+                    sub.outgoing.sync_sender_report(*values)
+
+    def owns_ssrc(self, ssrc: int) -> bool:
+        return ssrc in self._caches
+
+    # ---- subscribers ----------------------------------------------------------------------
+    def subscribers(self) -> list[Session]:
+        return [sub.session for sub in self._subs.values()]
+
+    def add_subscriber(self, session: Session) -> None:
+        if session.sid in self._subs or self.closed:
+            return
+        codec_name = "opus" if self.kind == "audio" else self.codec.name
+        outgoing = session.subscriber.add_outgoing(
+            self.kind, self.sid, f"{self.publisher.sid}|{self.sid}", codecs=[codec_name], rtx=False)
+        sub = Subscription(session, outgoing)
+        sub.requested_layer = self.top_layer
+        outgoing.on_rtcp = lambda data, sub=sub: self._on_subscriber_rtcp(sub, data)
+        self._subs[session.sid] = sub
+
+    def subscriber_ready(self, session: Session) -> None:
+        """The subscriber answered an offer carrying our m-line: start forwarding to it."""
+        sub = self._subs.get(session.sid)
+        if sub is None or sub.down is not None or not sub.outgoing.negotiated:
+            return
+        out = sub.outgoing
+        pt = out.payload_type
+        if pt is None:
+            log.warning("track %s: subscriber %s negotiated no codec", self.sid, session.sid)
+            return
+        rewriter = ExtensionRewriter(self.extension_ids, out.extension_ids, out.mid)
+        sub.down = DownTrack(out.ssrc, self.codec, self.clock_rate, dict.fromkeys(self.payload_types, pt),
+                             rewriter, target_layer=self._effective_layer(sub))
+        sub.down.paused = sub.paused
+        self._refresh()
+        self.request_keyframe(sub.down.target_layer)
+
+    def remove_subscriber(self, session: Session) -> None:
+        sub = self._subs.pop(session.sid, None)
+        if sub is None:
+            return
+        self._refresh()
+        if not session.closed:
+            session.spawn(session.subscriber.remove_outgoing(sub.outgoing), "remove-outgoing")
+
+    def update_settings(self, session: Session, disabled: bool, width: int, height: int, quality: int) -> None:
+        sub = self._subs.get(session.sid)
+        if sub is None:
+            return
+        if width or height:
+            sub.requested_layer = select_layer(self._layer_info, width, height) if self._layer_info else self.top_layer
+        elif quality:
+            sub.requested_layer = layer_for_quality(quality, self.layers)
+        sub.paused = disabled
+        if sub.down is not None:
+            sub.down.paused = disabled
+            sub.down.target_layer = self._effective_layer(sub)
+            if not disabled:
+                self.request_keyframe(sub.down.target_layer)
+
+    def _effective_layer(self, sub: Subscription, active: list[int] | None = None) -> int:
+        """The best layer not above what the subscriber asked for, among those arriving (a
+        publisher short of bandwidth stops its top layers; a subscriber must not starve)."""
+        layers = active if active else self.layers
+        wanted = min(sub.requested_layer, self.top_layer)
+        return max((layer for layer in layers if layer <= wanted), default=min(layers))
+
+    def _refresh(self) -> None:
+        self._active = tuple(sub for sub in self._subs.values() if sub.down is not None)
+
+    def _on_subscriber_rtcp(self, sub: Subscription, data: bytes) -> None:
+        down = sub.down
+        if down is None:
+            return
+        try:
+            packets = rtcp.parse_compound(data)
+        except ValueError:
+            return
+        for packet in packets:
+            if isinstance(packet, rtcp.Pli | rtcp.Fir):
+                self.request_keyframe(down.target_layer)
+            elif isinstance(packet, rtcp.Nack):
+                for out_seq in packet.seqs:
+                    target = down.translate_nack(out_seq)
+                    cache = self._caches.get(target.ssrc) if target else None
+                    cached = cache.get(target.sequence) if cache and target else None
+                    resent = down.rewrite_retransmission(cached, out_seq) if cached else None
+                    if resent is not None:
+                        sub.outgoing.send_rtp(resent)
+
+    def close(self) -> None:
+        self.closed = True
+        self._active = ()
+        self._subs.clear()
+        self._caches.clear()
