@@ -1,0 +1,112 @@
+"""Helpers to drive the official Python `livekit` SDK in tests: synthetic publishers and
+receivers that count what they decode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import numpy as np
+from livekit import rtc
+
+
+@dataclass
+class Received:
+    video_frames: int = 0
+    video_sizes: list[tuple[int, int]] = field(default_factory=list)
+    audio_frames: int = 0
+    audio_peak: int = 0
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def size(self) -> tuple[int, int] | None:
+        return self.video_sizes[-1] if self.video_sizes else None
+
+
+def count_media(room: rtc.Room, received: Received) -> None:
+    """Counts decoded frames of every track the room subscribes to."""
+
+    async def read_video(track: rtc.RemoteVideoTrack) -> None:
+        async for event in rtc.VideoStream(track):
+            received.video_frames += 1
+            size = (event.frame.width, event.frame.height)
+            if not received.video_sizes or received.video_sizes[-1] != size:
+                received.video_sizes.append(size)
+
+    async def read_audio(track: rtc.RemoteAudioTrack) -> None:
+        async for event in rtc.AudioStream(track):
+            received.audio_frames += 1
+            samples = np.frombuffer(event.frame.data, dtype=np.int16)
+            if samples.size:
+                received.audio_peak = max(received.audio_peak, int(np.abs(samples).max()))
+
+    @room.on("track_subscribed")
+    def on_subscribed(track: rtc.Track, publication: rtc.RemoteTrackPublication,
+                      participant: rtc.RemoteParticipant) -> None:
+        if isinstance(track, rtc.RemoteVideoTrack):
+            received.tasks.append(asyncio.ensure_future(read_video(track)))
+        elif isinstance(track, rtc.RemoteAudioTrack):
+            received.tasks.append(asyncio.ensure_future(read_audio(track)))
+
+
+@dataclass
+class SyntheticPublisher:
+    video: rtc.LocalVideoTrack | None = None
+    audio: rtc.LocalAudioTrack | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def publish_synthetic(room: rtc.Room, width: int = 1280, height: int = 720, audio: bool = True,
+                            video: bool = True, simulcast: bool = True) -> SyntheticPublisher:
+    publisher = SyntheticPublisher()
+    if video:
+        source = rtc.VideoSource(width, height)
+        publisher.video = rtc.LocalVideoTrack.create_video_track("camera", source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=simulcast)
+        await room.local_participant.publish_track(publisher.video, options)
+
+        async def frames() -> None:
+            index = 0
+            base = np.zeros((height, width, 4), dtype=np.uint8)
+            while True:
+                frame = base.copy()
+                x = (index * 16) % max(1, width - 64)
+                frame[:, x:x + 64] = (255, 255, 255, 255)
+                frame[:, :, 1] = (index * 4) % 255
+                source.capture_frame(rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, frame.tobytes()))
+                index += 1
+                await asyncio.sleep(1 / 30)
+
+        publisher.tasks.append(asyncio.ensure_future(frames()))
+    if audio:
+        audio_source = rtc.AudioSource(48000, 1)
+        publisher.audio = rtc.LocalAudioTrack.create_audio_track("microphone", audio_source)
+        await room.local_participant.publish_track(
+            publisher.audio, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+
+        async def tone() -> None:
+            position = 0
+            while True:
+                t = np.arange(480) + position
+                samples = (np.sin(2 * np.pi * 440 * t / 48000) * 12000).astype(np.int16)
+                await audio_source.capture_frame(rtc.AudioFrame(samples.tobytes(), 48000, 1, 480))
+                position += 480
+
+        publisher.tasks.append(asyncio.ensure_future(tone()))
+    return publisher
+
+
+async def wait_for(predicate: object, timeout: float, interval: float = 0.05) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(interval)
+    return bool(predicate())  # type: ignore[operator]

@@ -1,0 +1,82 @@
+"""LiveKit's Python SDK, unchanged, against meshrtc: publish, subscribe, data, mute, leave."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import warnings
+
+import pytest
+from livekit import rtc
+
+from .conftest import DevServer
+from .sdk_helpers import Received, count_media, publish_synthetic, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+warnings.filterwarnings("ignore", message=".*HMAC key.*")
+
+
+async def test_video_audio_data_mute_leave(dev_server: DevServer) -> None:
+    room_name = "sdk-basic"
+    alice, bob, carol = rtc.Room(), rtc.Room(), rtc.Room()
+    received = Received()
+    count_media(bob, received)
+    data_seen: list[tuple[str, str, bytes, str]] = []
+    carol_data: list[bytes] = []
+    muted: list[str] = []
+    gone: list[str] = []
+    bob.on("data_received", lambda p: data_seen.append(
+        (p.participant.identity if p.participant else "", p.topic or "", p.data, p.kind.name
+         if hasattr(p.kind, "name") else str(p.kind))))
+    carol.on("data_received", lambda p: carol_data.append(p.data))
+    bob.on("track_muted", lambda participant, pub: muted.append(pub.sid))
+    bob.on("participant_disconnected", lambda p: gone.append(p.identity))
+    publisher = None
+    try:
+        await bob.connect(dev_server.url, dev_server.token("bob", room_name))
+        await carol.connect(dev_server.url, dev_server.token("carol", room_name))
+        await alice.connect(dev_server.url, dev_server.token("alice", room_name))
+        assert alice.local_participant.sid.startswith("PA_")
+        publisher = await publish_synthetic(alice, 1280, 720)
+
+        # Bob decodes the full layer: ≥ 60 frames in a 5 s window, at 1280x720.
+        assert await wait_for(lambda: received.size() == (1280, 720), 20), received.video_sizes
+        start_frames, start = received.video_frames, time.monotonic()
+        await asyncio.sleep(5)
+        frames = received.video_frames - start_frames
+        print(f"video: {frames} frames in {time.monotonic() - start:.1f}s at {received.size()}; "
+              f"audio frames {received.audio_frames}, peak {received.audio_peak}")
+        assert frames >= 60
+        assert received.size() == (1280, 720)
+        assert received.audio_frames > 100
+        assert received.audio_peak > 3000  # the 440 Hz tone, not silence
+
+        # Data: reliable with a topic to one destination, lossy to everyone.
+        await alice.local_participant.publish_data(b"hello bob", reliable=True, topic="chat",
+                                                   destination_identities=["bob"])
+        await alice.local_participant.publish_data(b"lossy to all", reliable=False, topic="telemetry")
+        assert await wait_for(lambda: len(data_seen) >= 2, 10), data_seen
+        assert ("alice", "chat", b"hello bob") in [d[:3] for d in data_seen]
+        assert ("alice", "telemetry", b"lossy to all") in [d[:3] for d in data_seen]
+        assert await wait_for(lambda: b"lossy to all" in carol_data, 5)
+        assert b"hello bob" not in carol_data  # destination honoured
+
+        # Mute is seen by others.
+        assert publisher.video is not None
+        video_pub = next(p for p in alice.local_participant.track_publications.values()
+                         if p.kind == rtc.TrackKind.KIND_VIDEO)
+        video_pub.mute() if hasattr(video_pub, "mute") else publisher.video.mute()
+        assert await wait_for(lambda: video_pub.sid in muted, 10), muted
+
+        # Leaving is seen by others.
+        await publisher.stop()
+        publisher = None
+        await alice.disconnect()
+        assert await wait_for(lambda: "alice" in gone, 10)
+    finally:
+        if publisher is not None:
+            await publisher.stop()
+        for task in received.tasks:
+            task.cancel()
+        for room in (alice, bob, carol):
+            await room.disconnect()
