@@ -421,7 +421,7 @@ class Bus:
             except Exception:
                 log.exception("bus %s hook %r failed", what, hook)
 
-    async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def close(self, timeout: float = 5.0) -> None:
         """Stop consumers, flush the outbox (up to `timeout` s), drain and close the connection."""
         if self._closing:
             return
@@ -488,7 +488,7 @@ class Bus:
     # -- JetStream publishing ------------------------------------------------------------------
 
     async def publish_event(
-        self, env: Envelope, subject: str | None = None, *, timeout: float | None = None  # noqa: ASYNC109
+        self, env: Envelope, subject: str | None = None, *, timeout: float | None = None
     ) -> PublishAck:
         """Publish to JetStream (dedupe by event id) and return the stream sequence.
 
@@ -505,7 +505,7 @@ class Bus:
         *,
         msg_id: str,
         headers: dict[str, str] | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> PublishAck:
         """Raw-bytes JetStream publish with `Nats-Msg-Id` = msg_id (see publish_event)."""
         total = self.publish_timeout if timeout is None else timeout
@@ -549,7 +549,7 @@ class Bus:
     def outbox_size(self) -> int:
         return len(self._outbox)
 
-    async def flush_outbox(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def flush_outbox(self, timeout: float | None = None) -> None:
         """Wait until every queued event is acknowledged by JetStream (BusTimeout after timeout)."""
         try:
             await asyncio.wait_for(self._outbox_empty.wait(), timeout)
@@ -612,7 +612,7 @@ class Bus:
         self,
         subject: str,
         data: bytes,
-        timeout: float = 2.0,  # noqa: ASYNC109
+        timeout: float = 2.0,
         headers: dict[str, str] | None = None,
     ) -> bytes:
         """Request/reply. BusTimeout on timeout or no responders, RemoteError if the handler raised."""

@@ -134,3 +134,15 @@ class CloseSession(ControlMessage):
 class Ack(ControlMessage):
     ok: bool = True
     error: str = ""
+
+
+class NodeStats(ControlMessage):
+    """media -> anyone asking: what a node holds right now (tests, `meshrtc stats`, operators)."""
+
+    node_id: str
+    rooms: dict[str, list[str]] = {}  # room name -> participant identities
+    sessions: int = 0
+    tracks: int = 0
+    asyncio_tasks: int = 0
+    open_peers: int = 0
+    rss_bytes: int = 0

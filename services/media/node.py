@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 
 from livekit.protocol import models
 
 from shared.config import Settings
-from shared.control import Ack, CloseSession, ControlDecodeError, OpenSession, SessionOpened
+from shared.control import Ack, CloseSession, ControlDecodeError, NodeStats, OpenSession, SessionOpened
 from shared.events import (
     NodeHeartbeat,
     ParticipantActive,
@@ -32,6 +33,7 @@ from .room import NodeRoom
 from .session import Session
 from .track import PublishedTrack
 from .webrtc import ice
+from .webrtc.peer import MediaPeer
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class MediaNode(Service):
                       port_min=self.settings.rtc_port_min, port_max=self.settings.rtc_port_max)
         await self.bus.serve(media_node_subject(self.node_id, "open"), self._on_open)
         await self.bus.serve(media_node_subject(self.node_id, "close"), self._on_close)
+        await self.bus.serve(media_node_subject(self.node_id, "stats"), self._on_stats)
         await self.bus.subscribe(f"sess.{self.node_id}.*.up", self._on_up)
         background(self._debug_loop(), "media-debug")
 
@@ -114,6 +117,14 @@ class MediaNode(Service):
                       else models.DisconnectReason.SIGNAL_CLOSE)
             await session.close(reason, send_leave=False)
         return Ack().encode()
+
+    async def _on_stats(self, data: bytes) -> bytes:
+        return NodeStats(
+            node_id=self.node_id,
+            rooms={name: sorted(s.identity for s in room.sessions.values()) for name, room in self.rooms.items()},
+            sessions=len(self.sessions), tracks=sum(len(s.tracks) for s in self.sessions.values()),
+            asyncio_tasks=len(asyncio.all_tasks()), open_peers=MediaPeer.open_count(), rss_bytes=_rss_bytes(),
+        ).encode()
 
     async def _on_up(self, msg: object) -> None:
         subject: str = msg.subject  # type: ignore[attr-defined]
@@ -178,3 +189,11 @@ class MediaNode(Service):
     def track_muted(self, session: Session, track: PublishedTrack) -> None:
         self._publish_soon(TrackMuted(sid=track.sid, participant_sid=session.sid, muted=track.info.muted),
                            session.room.name)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0

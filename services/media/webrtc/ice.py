@@ -209,7 +209,7 @@ async def _patched_get_component_candidates(
     self: aioice_ice.Connection,
     component: int,
     addresses: list[str],
-    timeout: int = 5,  # noqa: ASYNC109
+    timeout: int = 5,
 ) -> list[Candidate]:
     config = _config
     if not config.has_port_range:

@@ -223,6 +223,7 @@ class OutgoingTrack:
 
 
 class MediaPeer:
+    _open_peers = 0
     """One PeerConnection of a participant, publisher (client offers) or subscriber (we offer).
 
     Callbacks (plain attributes, synchronous, set any time):
@@ -289,9 +290,15 @@ class MediaPeer:
 
         self.pc.on("connectionstatechange", self._on_pc_state)
         self.pc.on("datachannel", self._adopt_channel)
+        MediaPeer._open_peers += 1
 
     def __repr__(self) -> str:
         return f"MediaPeer({self.role} {self.name!r} {self._state})"
+
+    @classmethod
+    def open_count(cls) -> int:
+        """Peers created and not yet fully closed (leak checks, node stats)."""
+        return cls._open_peers
 
     # ------------------------------------------------------------------ state
 
@@ -832,6 +839,7 @@ class MediaPeer:
         except Exception:
             logger.exception("%r: close failed", self)
         finally:
+            MediaPeer._open_peers -= 1
             self._emit_state("closed")
             self._state_callbacks.clear()
             self.on_rtp = self.on_rtcp = self.on_data = self.on_rtp_track = None
