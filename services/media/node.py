@@ -59,6 +59,21 @@ class MediaNode(Service):
         await self.bus.serve(media_node_subject(self.node_id, "stats"), self._on_stats)
         await self.bus.subscribe(f"sess.{self.node_id}.*.up", self._on_up)
         background(self._debug_loop(), "media-debug")
+        background(self._room_loop(), "media-room-loop")
+
+    async def _room_loop(self) -> None:
+        """Speakers every 0.5 s, connection quality every 2 s, per hosted room."""
+        tick = 0
+        while True:
+            await asyncio.sleep(0.5)
+            tick += 1
+            for room in list(self.rooms.values()):
+                try:
+                    room.update_speakers()
+                    if tick % 4 == 0:
+                        room.update_quality()
+                except Exception:
+                    log.exception("room %s: periodic update failed", room.name)
 
     async def _debug_loop(self) -> None:
         """Forwarding state per track every few seconds, at DEBUG level (MESHRTC_LOG_LEVEL=DEBUG)."""

@@ -10,8 +10,21 @@ from .rtp.rtcp import ReportBlock, ntp_from_seconds, ntp_middle
 
 
 class ReceiveStats:
-    __slots__ = ("_base_seq", "_cycles", "_expected_prior", "_last_sr_arrival", "_last_sr_ntp", "_max_seq",
-                 "_received_prior", "_transit", "clock_rate", "jitter", "received", "ssrc")
+    __slots__ = (
+        "_base_seq",
+        "_cycles",
+        "_expected_prior",
+        "_last_sr_arrival",
+        "_last_sr_ntp",
+        "_max_seq",
+        "_quality_mark",
+        "_received_prior",
+        "_transit",
+        "clock_rate",
+        "jitter",
+        "received",
+        "ssrc",
+    )
 
     def __init__(self, ssrc: int, clock_rate: int, first_seq: int) -> None:
         self.ssrc = ssrc
@@ -26,6 +39,7 @@ class ReceiveStats:
         self.jitter = 0.0
         self._last_sr_ntp = 0
         self._last_sr_arrival = 0.0
+        self._quality_mark = (0, 0)
 
     def update(self, seq: int, rtp_timestamp: int, arrival: float) -> None:
         self.received += 1
@@ -48,6 +62,17 @@ class ReceiveStats:
     @property
     def extended_max(self) -> int:
         return self._cycles + self._max_seq
+
+    def loss_since_last_call(self) -> float:
+        """Loss fraction over the interval since the previous call (for connection quality,
+        independent of the RR intervals)."""
+        expected_now = self.extended_max - self._base_seq + 1
+        expected_then, received_then = self._quality_mark
+        self._quality_mark = (expected_now, self.received)
+        expected = expected_now - expected_then
+        if expected <= 0:
+            return 0.0
+        return max(0.0, min(1.0, (expected - (self.received - received_then)) / expected))
 
     def report_block(self) -> ReportBlock:
         expected = self.extended_max - self._base_seq + 1

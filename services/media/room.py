@@ -9,6 +9,8 @@ from livekit.protocol import models, rtc
 from shared.control import RoomSpec
 
 from .protocol import room_proto
+from .quality import quality_from_loss
+from .speakers import SpeakerDetector
 
 if TYPE_CHECKING:
     from .session import Session
@@ -20,6 +22,7 @@ class NodeRoom:
         self.spec = spec
         self.sessions: dict[str, Session] = {}
         self.tracks: dict[str, PublishedTrack] = {}
+        self.speakers = SpeakerDetector()
 
     @property
     def name(self) -> str:
@@ -48,3 +51,27 @@ class NodeRoom:
         if hidden:
             return
         self.broadcast(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[info])), exclude)
+
+    def update_speakers(self) -> None:
+        levels: dict[str, float] = {}
+        for track in self.tracks.values():
+            if track.kind == "audio" and not track.info.muted:
+                sid = track.publisher.sid
+                levels[sid] = max(levels.get(sid, 0.0), track.audio_level)
+        changes = self.speakers.update(levels)
+        if changes:
+            speakers = [models.SpeakerInfo(sid=c.participant_sid, level=c.level, active=c.active) for c in changes]
+            self.broadcast(rtc.SignalResponse(speakers_changed=rtc.SpeakersChanged(speakers=speakers)))
+
+    def update_quality(self) -> None:
+        """Every participant learns everyone's connection quality (its own included)."""
+        scores: dict[str, tuple[float, bool]] = {}
+        for session in self.sessions.values():
+            loss = max((track.loss() for track in session.tracks.values()), default=0.0)
+            scores[session.sid] = (loss, session.published)
+        for session in list(self.sessions.values()):
+            updates = []
+            for sid, (loss, publishing) in scores.items():
+                quality, score = quality_from_loss(loss, publishing_self=publishing and sid == session.sid)
+                updates.append(rtc.ConnectionQualityInfo(participant_sid=sid, quality=quality, score=score))
+            session.send(rtc.SignalResponse(connection_quality=rtc.ConnectionQualityUpdate(updates=updates)))

@@ -108,10 +108,10 @@ class PublishedTrack:
         self._stats[ssrc].update(source.sequence, source.timestamp, source.arrival)
         self._layer_seen[layer] = source.arrival
         if self._audio_level_id:
-            level = read_audio_level(packet, source, self._audio_level_id)
-            if level >= 0:
+            raw = read_audio_level(packet, source, self._audio_level_id)
+            if raw >= 0:
                 # RFC 6464: 0 dBov loudest .. 127 silent; smoothed so one loud packet is no speaker.
-                self.audio_level = 0.9 * self.audio_level + 0.1 * (1.0 - level / 127.0)
+                self.audio_level = 0.9 * self.audio_level + 0.1 * (1.0 - (raw & 0x7F) / 127.0)
         want_keyframe = False
         for sub in self._active:
             down = sub.down
@@ -158,6 +158,10 @@ class PublishedTrack:
                 values = sub.down.translate_sender_report(packet.ssrc, packet.ntp, packet.rtp_timestamp)  # type: ignore[union-attr]
                 if values is not None:
                     sub.outgoing.sync_sender_report(*values)
+
+    def loss(self) -> float:
+        """Upstream loss since the previous call, worst stream of the track."""
+        return max((stats.loss_since_last_call() for stats in self._stats.values()), default=0.0)
 
     def owns_ssrc(self, ssrc: int) -> bool:
         return ssrc in self._caches

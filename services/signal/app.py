@@ -38,7 +38,7 @@ class SignalService(Service):
 
     async def on_start(self) -> None:
         assert self.bus
-        self.rtc = RtcEndpoint(self.bus, self.verifier, self.settings.dc, self.node_id)
+        self.rtc = RtcEndpoint(self.bus, self.verifier, self.settings.dc, self.node_id, self.settings.api_keys)
         config = uvicorn.Config(
             build_app(self), host=self.settings.http_host, port=self.settings.http_port, log_level="warning",
             ws="websockets-sansio", ws_max_size=MAX_FRAME, ws_ping_interval=10, ws_ping_timeout=20,

@@ -13,13 +13,14 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 from fastapi import WebSocket, WebSocketDisconnect
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 from starlette.responses import PlainTextResponse
 
-from shared.auth import TokenVerifier
+from shared.auth import Claims, TokenVerifier, mint_token
 from shared.bus import Bus, BusTimeout, RemoteError
 from shared.control import CloseSession, OpenSession, SessionOpened
 from shared.subjects import media_node_subject, session_to_node_subject, session_to_signal_subject
@@ -30,6 +31,8 @@ from .params import ConnectParams, ParamError, parse_connect_params
 log = logging.getLogger(__name__)
 
 CLOSE_HEADER = "Meshrtc-Close"
+REFRESH_EVERY = 300.0  # seconds between refreshed tokens, as LiveKit does
+REFRESH_TTL = timedelta(hours=6)
 DOWN_QUEUE = 4096  # frames buffered per client before the slowest client is cut loose
 
 
@@ -42,9 +45,11 @@ class SignalCounters:
 
 
 class RtcEndpoint:
-    def __init__(self, bus: Bus, verifier: TokenVerifier, dc: str, node_id: str) -> None:
+    def __init__(self, bus: Bus, verifier: TokenVerifier, dc: str, node_id: str,
+                 api_keys: dict[str, str] | None = None) -> None:
         self.bus = bus
         self.verifier = verifier
+        self.api_keys = api_keys or {}
         self.dc = dc
         self.node_id = node_id
         self.counters = SignalCounters()
@@ -134,7 +139,7 @@ class RtcEndpoint:
         self.counters.sessions += 1
         up_subject = session_to_node_subject(admission.node_id, participant_sid)
         graceful = False
-        sender = asyncio.create_task(self._pump_down(ws, down), name=f"ws-down-{participant_sid}")
+        sender = asyncio.create_task(self._pump_down(ws, down, claims), name=f"ws-down-{participant_sid}")
         try:
             graceful = await self._pump_up(ws, up_subject, sender)
         finally:
@@ -151,15 +156,32 @@ class RtcEndpoint:
             with contextlib.suppress(Exception):
                 await ws.close()
 
-    async def _pump_down(self, ws: WebSocket, down: asyncio.Queue[tuple[bytes, str | None]]) -> None:
+    def refreshed_token(self, claims: Claims) -> bytes | None:
+        secret = self.api_keys.get(claims.api_key)
+        if not secret:
+            return None
+        token = mint_token(claims.api_key, secret, claims, ttl=REFRESH_TTL)
+        return rtc.SignalResponse(refresh_token=token).SerializeToString()
+
+    async def _pump_down(self, ws: WebSocket, down: asyncio.Queue[tuple[bytes, str | None]], claims: Claims) -> None:
+        next_refresh = 0.0
+        sent_any = False  # the first refresh follows the JoinResponse, which must come first
         while True:
-            data, close_reason = await down.get()
+            try:
+                data, close_reason = await asyncio.wait_for(down.get(), timeout=REFRESH_EVERY)
+            except TimeoutError:
+                data, close_reason = b"", None
             if data:
                 await ws.send_bytes(data)
                 self.counters.frames_down += 1
+                sent_any = True
             if close_reason is not None:
                 await ws.close()
                 return
+            now = time.monotonic()
+            if sent_any and now >= next_refresh and (frame := self.refreshed_token(claims)):
+                await ws.send_bytes(frame)
+                next_refresh = now + REFRESH_EVERY
 
     async def _pump_up(self, ws: WebSocket, up_subject: str, sender: asyncio.Task[None]) -> bool:
         """Returns True when the client left on purpose (sent `leave`)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,20 +46,20 @@ def start_dev_server(tmp: Path, *extra: str) -> DevServer:
                                stdout=log_file, stderr=subprocess.STDOUT,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=tmp)
     server = DevServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # generous: CI machines are small and busy
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"meshrtc dev exited early:\n{server.log()}")
         try:
-            if httpx.get(server.http_url + "/", timeout=1).status_code == 200 and "media-" in server.log() \
-                    and "media " in server.log() and "started" in server.log():
+            if httpx.get(server.http_url + "/", timeout=1).status_code == 200 and \
+                    re.search(r"media media-\S+ started", server.log()):
                 break
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
     else:
         stop_dev_server(server)
-        raise RuntimeError("meshrtc dev did not come up in 30 s")
+        raise RuntimeError(f"meshrtc dev did not come up in 60 s:\n{server.log()[-3000:]}")
     time.sleep(1.5)  # first heartbeat of the media node reaches the room service
     return server
 

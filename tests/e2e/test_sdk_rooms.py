@@ -31,6 +31,11 @@ async def test_video_audio_data_mute_leave(dev_server: DevServer) -> None:
     carol.on("data_received", lambda p: carol_data.append(p.data))
     bob.on("track_muted", lambda participant, pub: muted.append(pub.sid))
     bob.on("participant_disconnected", lambda p: gone.append(p.identity))
+    speakers: list[list[str]] = []
+    qualities: dict[str, object] = {}
+    bob.on("active_speakers_changed", lambda people: speakers.append([p.identity for p in people]))
+    bob.on("connection_quality_changed", lambda participant, quality: qualities.__setitem__(
+        participant.identity, quality))
     publisher = None
     try:
         await bob.connect(dev_server.url, dev_server.token("bob", room_name))
@@ -50,6 +55,12 @@ async def test_video_audio_data_mute_leave(dev_server: DevServer) -> None:
         assert received.size() == (1280, 720)
         assert received.audio_frames > 100
         assert received.audio_peak > 3000  # the 440 Hz tone, not silence
+
+        # The 440 Hz tone makes alice an active speaker; nobody is reported in trouble (the SDK
+        # only raises quality events on a change from EXCELLENT; the wire-level update is
+        # checked in test_signal_protocol).
+        assert await wait_for(lambda: any("alice" in s for s in speakers), 10), speakers
+        assert all(q == rtc.ConnectionQuality.QUALITY_EXCELLENT for q in qualities.values()), qualities
 
         # Data: reliable with a topic to one destination, lossy to everyone.
         await alice.local_participant.publish_data(b"hello bob", reliable=True, topic="chat",
