@@ -141,8 +141,42 @@ class NodeStats(ControlMessage):
 
     node_id: str
     rooms: dict[str, list[str]] = {}  # room name -> participant identities
+    subscriptions: dict[str, list[str]] = {}  # participant sid -> track sids it receives
     sessions: int = 0
     tracks: int = 0
     asyncio_tasks: int = 0
     open_peers: int = 0
     rss_bytes: int = 0
+
+
+class ApiCall(ControlMessage):
+    """signal -> room: one RoomService call, its grants already checked at the edge."""
+
+    method: str
+    body: str  # base64 of the request protobuf
+    project: str = ""
+
+
+class ApiResult(ControlMessage):
+    ok: bool
+    body: str = ""  # base64 of the response protobuf
+    code: str = ""  # twirp error code when not ok
+    msg: str = ""
+
+
+class MediaCommand(ControlMessage):
+    """room -> media node: act on sessions of a room the node hosts."""
+
+    op: str  # remove | mute | update | subscriptions | send_data | close_room | room_metadata
+    room: str
+    participant_sid: str = ""
+    track_sid: str = ""
+    muted: bool = False
+    reason: int = 0
+    payload: str = ""  # base64 protobuf: UpdateParticipantRequest, UpdateSubscriptionsRequest, SendDataRequest, Room
+
+
+class CommandResult(ControlMessage):
+    ok: bool = True
+    error: str = ""
+    payload: str = ""  # base64 protobuf answer (e.g. the updated ParticipantInfo)

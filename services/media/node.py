@@ -11,7 +11,16 @@ import os
 from livekit.protocol import models
 
 from shared.config import Settings
-from shared.control import Ack, CloseSession, ControlDecodeError, NodeStats, OpenSession, SessionOpened
+from shared.control import (
+    Ack,
+    CloseSession,
+    CommandResult,
+    ControlDecodeError,
+    MediaCommand,
+    NodeStats,
+    OpenSession,
+    SessionOpened,
+)
 from shared.events import (
     NodeHeartbeat,
     ParticipantActive,
@@ -29,6 +38,7 @@ from shared.service import Service
 from shared.subjects import media_node_subject, session_to_signal_subject
 from shared.tasks import background
 
+from .commands import CommandError, apply_command
 from .room import NodeRoom
 from .session import Session
 from .track import PublishedTrack
@@ -57,6 +67,7 @@ class MediaNode(Service):
         await self.bus.serve(media_node_subject(self.node_id, "open"), self._on_open)
         await self.bus.serve(media_node_subject(self.node_id, "close"), self._on_close)
         await self.bus.serve(media_node_subject(self.node_id, "stats"), self._on_stats)
+        await self.bus.serve(media_node_subject(self.node_id, "command"), self._on_command, concurrency=8)
         await self.bus.subscribe(f"sess.{self.node_id}.*.up", self._on_up)
         background(self._debug_loop(), "media-debug")
         background(self._room_loop(), "media-room-loop")
@@ -133,10 +144,21 @@ class MediaNode(Service):
             await session.close(reason, send_leave=False)
         return Ack().encode()
 
+    async def _on_command(self, data: bytes) -> bytes:
+        command = MediaCommand.decode(data)
+        room = self.rooms.get(command.room)
+        if room is None:
+            return CommandResult(ok=command.op in ("close_room", "send_data", "room_metadata")).encode()
+        try:
+            return (await apply_command(room, command)).encode()
+        except CommandError as exc:
+            return CommandResult(ok=False, error=str(exc)).encode()
+
     async def _on_stats(self, data: bytes) -> bytes:
         return NodeStats(
             node_id=self.node_id,
             rooms={name: sorted(s.identity for s in room.sessions.values()) for name, room in self.rooms.items()},
+            subscriptions={sid: sorted(s.subscriptions) for sid, s in self.sessions.items()},
             sessions=len(self.sessions), tracks=sum(len(s.tracks) for s in self.sessions.values()),
             asyncio_tasks=len(asyncio.all_tasks()), open_peers=MediaPeer.open_count(), rss_bytes=_rss_bytes(),
         ).encode()

@@ -35,7 +35,7 @@ class ReceiveStats:
         self.received = 0
         self._expected_prior = 0
         self._received_prior = 0
-        self._transit = -1
+        self._transit: int | None = None  # transit can be negative: no sign can mean 'unset'
         self.jitter = 0.0
         self._last_sr_ntp = 0
         self._last_sr_arrival = 0.0
@@ -49,7 +49,7 @@ class ReceiveStats:
                 self._cycles += 0x10000
             self._max_seq = seq
         transit = int(arrival * self.clock_rate) - rtp_timestamp
-        if self._transit >= 0:
+        if self._transit is not None:
             d = abs(transit - self._transit) & 0xFFFFFFFF
             if d < 0x80000000:
                 self.jitter += (d - self.jitter) / 16.0

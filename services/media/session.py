@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
+from livekit.protocol import room as room_pb
 
 from shared.control import OpenSession
 from shared.tasks import background
@@ -327,6 +328,34 @@ class Session:
         self.node.participant_updated(self)
         self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
             request_id=update.request_id, reason=rtc.RequestResponse.Reason.OK)))
+
+    def apply_update(self, request: room_pb.UpdateParticipantRequest) -> None:
+        """RoomService.UpdateParticipant: metadata, name, attributes, permission. A revoked
+        can_publish unpublishes every track; revoked can_subscribe drops subscriptions."""
+        from .commands import permission_spec
+
+        if request.metadata:
+            self.info.metadata = request.metadata
+        if request.name:
+            self.info.name = request.name
+        for key, value in request.attributes.items():
+            if value:
+                self.info.attributes[key] = value
+            else:
+                self.info.attributes.pop(key, None)
+        if request.HasField("permission"):
+            self.permission = permission_spec(request.permission)
+            self.info.permission.CopyFrom(request.permission)
+            if not self.permission.can_publish:
+                for track in list(self.tracks.values()):
+                    self.send(rtc.SignalResponse(track_unpublished=rtc.TrackUnpublishedResponse(track_sid=track.sid)))
+                    self.unpublish(track, announce=False)
+            if not self.permission.can_subscribe:
+                for sid in list(self.subscriptions):
+                    if (track := self.room.tracks.get(sid)) is not None:
+                        self.unsubscribe(track)
+        self.announce()
+        self.node.participant_updated(self)
 
     async def _on_subscription_permission(self, request: rtc.SignalRequest) -> None:
         return None  # every subscriber allowed (selective permissions land with subscriber control)

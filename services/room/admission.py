@@ -59,6 +59,9 @@ class Admissions:
         for sid in [sid for sid, p in self.pending.items() if p.expires < now]:
             del self.pending[sid]
 
+    def has_pending(self, room: str) -> bool:
+        return any(p.room == room for p in self.pending.values())
+
     def joined(self, participant_sid: str) -> None:
         self.pending.pop(participant_sid, None)
 

@@ -4,20 +4,22 @@ from the DC's event stream and persisted in the SQL event store."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
 
-from shared.bus import MsgMeta
+from shared.bus import BusTimeout, MsgMeta, RemoteError
 from shared.config import Settings
-from shared.control import JoinRequest
+from shared.control import ApiCall, ApiResult, CommandResult, JoinRequest, MediaCommand
 from shared.db import check_database, make_engine
-from shared.events import Envelope, NodeDown, NodeHeartbeat, ParticipantJoined
+from shared.events import Envelope, EventPayload, NodeDown, NodeHeartbeat, ParticipantJoined, RoomFinished
 from shared.eventstore import EventStore
 from shared.service import Service, heartbeat_subject
-from shared.subjects import room_request_subject, stream_name
+from shared.subjects import media_node_subject, room_request_subject, stream_name
 
 from .admission import Admissions
+from .api import ApiError, RoomApi, b64
 from .placement import NodePlacement
 from .state import RoomRegistry
 
@@ -36,6 +38,7 @@ class RoomService(Service):
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer = None
         self._down_reported: set[str] = set()
+        self.api = RoomApi(self.registry, self._send_command, self._emit)
 
     async def on_start(self) -> None:
         assert self.bus
@@ -48,9 +51,11 @@ class RoomService(Service):
         log.info("room state rebuilt from %d stored events (%d rooms)", replayed, len(self.registry.rooms))
         await self.bus.subscribe(heartbeat_subject(self.settings.dc, "media"), self._on_heartbeat)
         await self.bus.serve(room_request_subject(self.settings.dc, "join"), self._on_join)
+        await self.bus.serve(room_request_subject(self.settings.dc, "api"), self._on_api, concurrency=8)
         self._consumer = await self.bus.consume(
             stream_name("events", self.settings.dc), f"room-{self.settings.dc}", self._on_event)
         self._tasks.append(asyncio.create_task(self._watch_nodes(), name="room-node-watch"))
+        self._tasks.append(asyncio.create_task(self._close_idle_rooms(), name="room-lifecycle"))
 
     async def on_stop(self) -> None:
         for task in self._tasks:
@@ -77,6 +82,43 @@ class RoomService(Service):
             self.registry.apply(env)  # visible to the next join at once, before the stream echoes it
             await self.bus.publish_event(env)  # type: ignore[union-attr]
         return decision.admission.encode()
+
+    async def _emit(self, payload: EventPayload, room: str) -> None:
+        env = self.envelope(payload, room=room)
+        self.registry.apply(env)  # the caller's answer reflects it at once
+        await self.bus.publish_event(env)  # type: ignore[union-attr]
+
+    async def _send_command(self, node: str, command: MediaCommand) -> CommandResult:
+        assert self.bus
+        try:
+            raw = await self.bus.request(media_node_subject(node, "command"), command.encode(), timeout=5.0)
+        except (BusTimeout, RemoteError) as exc:
+            return CommandResult(ok=False, error=f"media node {node}: {exc}")
+        return CommandResult.decode(raw)
+
+    async def _on_api(self, data: bytes) -> bytes:
+        call = ApiCall.decode(data)
+        try:
+            response = await self.api.call(call.method, base64.b64decode(call.body), call.project)
+        except ApiError as exc:
+            return ApiResult(ok=False, code=exc.code, msg=exc.msg).encode()
+        return ApiResult(ok=True, body=b64(response)).encode()
+
+    async def _close_idle_rooms(self) -> None:
+        """Room lifecycle: a room nobody joined closes after empty_timeout; one everybody left
+        closes after departure_timeout."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = int(time.time() * 1000)
+            for room in list(self.registry.rooms.values()):
+                if room.participants or self.admissions.has_pending(room.name):
+                    continue
+                if room.last_departure_ms:
+                    idle_since, limit = room.last_departure_ms, room.departure_timeout
+                else:
+                    idle_since, limit = room.created_at_ms, room.empty_timeout
+                if limit and now - idle_since >= limit * 1000:
+                    await self._emit(RoomFinished(sid=room.sid, reason="idle"), room.name)
 
     async def _on_event(self, env: Envelope, meta: MsgMeta) -> None:
         self.registry.apply(env)

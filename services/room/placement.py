@@ -59,7 +59,8 @@ class NodePlacement:
         for node in sorted(candidates, key=lambda n: n.node_id):
             if node.node_id in prefer and occupancy(node) < capacity:
                 return self._reserve(node.node_id)
-        best = min(candidates, key=lambda n: (n.load, occupancy(n), n.node_id))
+        # Placements since the last beat count against a node's reported load.
+        best = min(candidates, key=lambda n: (max(n.load, occupancy(n) / capacity), occupancy(n), n.node_id))
         return self._reserve(best.node_id)
 
     def _reserve(self, node_id: str) -> str:

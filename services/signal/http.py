@@ -9,6 +9,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from .admission import HttpError, authenticate
+from .twirp import handle_room_service
 
 if TYPE_CHECKING:
     from .app import SignalService
@@ -57,6 +58,11 @@ def build_app(service: SignalService) -> FastAPI:
     @app.get("/rtc/v1/validate")
     async def rtc_v1_validate() -> Response:
         return PlainTextResponse("v1 signalling is not supported", status_code=404, headers=CORS)
+
+    @app.api_route("/twirp/livekit.RoomService/{method}", methods=["POST", "GET"])
+    async def room_service(request: Request, method: str) -> Response:
+        assert service.bus is not None
+        return await handle_room_service(request, method, service.bus, service.settings.dc, service.verifier)
 
     @app.get("/settings/regions")
     async def regions(request: Request) -> Response:

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shared.control import NodeStats
 from shared.natsserver import free_port
 
 API_KEY, API_SECRET = "devkey", "secret"
@@ -36,6 +37,22 @@ class DevServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    @property
+    def nats_url(self) -> str:
+        match = re.search(r"NATS:\s+(\S+)", self.log())
+        assert match, "no NATS URL in the dev banner"
+        return match.group(1)
+
+    async def node_stats(self, node: str = "media-dc1-1") -> NodeStats:
+        import nats
+
+        nc = await nats.connect(self.nats_url)
+        try:
+            reply = await nc.request(f"ctl.media.{node}.stats", b"", timeout=5)
+            return NodeStats.decode(reply.data)
+        finally:
+            await nc.close()
 
 
 def start_dev_server(tmp: Path, *extra: str) -> DevServer:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pytest
-
 from services.room.placement import NodePlacement
 from shared.events import NodeHeartbeat
 
@@ -185,8 +183,6 @@ def test_forget_drops_reservations() -> None:
     assert p.nodes == {}
 
 
-@pytest.mark.xfail(strict=True, reason="reservations only break exact load ties: load (from the last beat) is the "
-                   "primary sort key, so a burst piles onto the node with the lowest reported load until its next beat")
 def test_reservations_spread_a_burst_when_loads_differ_slightly() -> None:
     # Media nodes report load = participants / capacity, so nodes almost never tie on load.
     p = NodePlacement()
