@@ -7,6 +7,7 @@ import asyncio
 import base64
 import logging
 import os
+import time
 
 from livekit.protocol import models
 
@@ -35,7 +36,7 @@ from shared.events import (
 )
 from shared.ids import new_track_sid
 from shared.service import Service
-from shared.subjects import media_node_subject, session_to_signal_subject
+from shared.subjects import media_node_subject, session_to_signal_subject, usage_subject
 from shared.tasks import background
 
 from .commands import CommandError, apply_command
@@ -48,6 +49,7 @@ from .webrtc.peer import MediaPeer
 log = logging.getLogger(__name__)
 
 CLOSE_HEADER = "Meshrtc-Close"
+USAGE_INTERVAL = 5.0  # seconds between usage samples
 REASON_NAMES = {v: k for k, v in models.DisconnectReason.items()}
 
 
@@ -71,6 +73,21 @@ class MediaNode(Service):
         await self.bus.subscribe(f"sess.{self.node_id}.*.up", self._on_up)
         background(self._debug_loop(), "media-debug")
         background(self._room_loop(), "media-room-loop")
+        background(self._usage_loop(), "media-usage")
+
+    async def _usage_loop(self) -> None:
+        while True:
+            await asyncio.sleep(USAGE_INTERVAL)
+            for session in list(self.sessions.values()):
+                self.report_usage(session)
+
+    def report_usage(self, session: Session) -> None:
+        """Publishes the session's usage since its last sample (one event per counter, each with
+        its own id, so billing can count every byte exactly once)."""
+        assert self.bus
+        for sample in session.usage.samples(int(time.time() * 1000), session.usage_totals()):
+            env = self.envelope(sample, room=session.room.name)
+            self.bus.publish_event_nowait(env, subject=usage_subject(self.settings.dc, session.room.name))
 
     async def _room_loop(self) -> None:
         """Speakers every 0.5 s, connection quality every 2 s, per hosted room."""

@@ -21,6 +21,7 @@ from livekit.protocol import models, rtc
 from livekit.protocol import room as room_pb
 
 from shared.control import OpenSession
+from shared.events import Direction
 from shared.tasks import background
 
 from . import protocol
@@ -28,6 +29,7 @@ from .data import DataSenderState, route_data
 from .room import NodeRoom
 from .rtp import rtcp
 from .track import PublishedTrack
+from .usage import Counters, UsageMeter
 from .webrtc.peer import MediaPeer
 
 if TYPE_CHECKING:
@@ -66,6 +68,10 @@ class Session:
         self.pending_sids: dict[str, str] = {}  # cid -> assigned track sid
         self.subscriptions: set[str] = set()  # track sids this participant receives
         self.data_state = DataSenderState(self.sid, self.identity)
+        # bytes/packets sent on subscriptions that ended, by track, so metering never goes back
+        self.downstream_done: dict[str, tuple[int, int]] = {}
+        self.usage = UsageMeter(spec.project, spec.room.name, spec.room.sid, self.sid, spec.identity,
+                                started_ms=int(time.time() * 1000))
         self.publisher = MediaPeer(role="publisher", label=f"{self.sid}/pub")
         self.subscriber = MediaPeer(role="subscriber", label=f"{self.sid}/sub")
         self._outbox: asyncio.Queue[tuple[bytes, str | None]] = asyncio.Queue()
@@ -79,6 +85,26 @@ class Session:
         self._connect_watch: asyncio.Task[None] | None = None
 
     # ---- outbound frames ------------------------------------------------------------------
+    def usage_totals(self) -> dict[tuple[str, Direction], Counters]:
+        """Running wire counters of this participant, by (track sid or "", direction)."""
+        totals = {
+            ("", Direction.UPSTREAM): Counters(self.publisher.bytes_received + self.subscriber.bytes_received,
+                                               self.publisher.packets_received + self.subscriber.packets_received),
+            ("", Direction.DOWNSTREAM): Counters(self.publisher.bytes_sent + self.subscriber.bytes_sent,
+                                                 self.publisher.packets_sent + self.subscriber.packets_sent),
+        }
+        for track in self.tracks.values():
+            totals[(track.sid, Direction.UPSTREAM)] = Counters(track.bytes_in, track.packets_in)
+        for track_sid, (sent_bytes, sent_packets) in self.downstream_done.items():
+            totals[(track_sid, Direction.DOWNSTREAM)] = Counters(sent_bytes, sent_packets)
+        for track in self.room.tracks.values():
+            counters = track.sent_to(self)
+            if counters is not None:
+                done = totals.get((track.sid, Direction.DOWNSTREAM), Counters())
+                totals[(track.sid, Direction.DOWNSTREAM)] = Counters(done.bytes + counters[0],
+                                                                     done.packets + counters[1])
+        return totals
+
     @property
     def published(self) -> bool:
         return bool(self.tracks)
@@ -179,12 +205,13 @@ class Session:
         for track in list(self.tracks.values()):
             self.unpublish(track, announce=False)
         for track in list(self.room.tracks.values()):
-            track.remove_subscriber(self)
+            self.unsubscribe(track, negotiate=False)  # keeps its sent bytes for the last usage sample
         self.info.state = models.ParticipantInfo.State.DISCONNECTED
         self.info.disconnect_reason = reason  # type: ignore[assignment]
         self.room.sessions.pop(self.sid, None)
         self.room.broadcast_participant(self.bump(), exclude=self.sid, hidden=self.permission.hidden)
         await asyncio.gather(self.publisher.close(), self.subscriber.close(), return_exceptions=True)
+        self.node.report_usage(self)  # the last interval, after the sockets are closed
         if send_leave:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._writer), 2)
@@ -435,6 +462,9 @@ class Session:
         if track.sid not in self.subscriptions:
             return
         self.subscriptions.discard(track.sid)
+        if (sent := track.sent_to(self)) is not None:
+            done = self.downstream_done.get(track.sid, (0, 0))
+            self.downstream_done[track.sid] = (done[0] + sent[0], done[1] + sent[1])
         track.remove_subscriber(self)
         if negotiate and not self.closed:
             self.spawn(self.negotiate_subscriber(), "subscriber-offer")

@@ -163,6 +163,13 @@ class PublishedTrack:
         """Upstream loss since the previous call, worst stream of the track."""
         return max((stats.loss_since_last_call() for stats in self._stats.values()), default=0.0)
 
+    def sent_to(self, session: Session) -> tuple[int, int] | None:
+        """(SRTP bytes, packets) sent to that subscriber so far, if it subscribes."""
+        sub = self._subs.get(session.sid)
+        if sub is None:
+            return None
+        return sub.outgoing.bytes_sent, sub.outgoing.packets_sent
+
     def owns_ssrc(self, ssrc: int) -> bool:
         return ssrc in self._caches
 
