@@ -13,7 +13,8 @@ def test_deltas_sum_to_the_totals_and_never_repeat() -> None:
     first = m.samples(6_000, {("", Direction.UPSTREAM): Counters(1000, 10), ("", Direction.DOWNSTREAM): Counters(50, 1),
                               ("TR_a", Direction.UPSTREAM): Counters(900, 9)})
     second = m.samples(11_000, {("", Direction.UPSTREAM): Counters(2500, 25),
-                                ("", Direction.DOWNSTREAM): Counters(50, 1), ("TR_a", Direction.UPSTREAM): Counters(900, 9)})
+                                ("", Direction.DOWNSTREAM): Counters(50, 1),
+                                ("TR_a", Direction.UPSTREAM): Counters(900, 9)})
     up = [s for s in first + second if s.track_sid == "" and s.direction == Direction.UPSTREAM]
     assert [s.bytes for s in up] == [1000, 1500]
     assert sum(s.packets for s in up) == 25
