@@ -104,4 +104,5 @@ async def handle_room_service(request: Request, method: str, bus: Bus, dc: str, 
     if not as_json:
         return Response(payload, media_type="application/protobuf")
     response = _response_type(method).FromString(payload)
-    return JSONResponse(json_format.MessageToDict(response, preserving_proto_field_name=True))
+    return JSONResponse(json_format.MessageToDict(response, preserving_proto_field_name=True,
+                                                  always_print_fields_with_no_presence=True))

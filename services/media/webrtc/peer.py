@@ -52,6 +52,7 @@ from .sdp import (
     munge_publisher_answer,
     parse_sdp,
     remove_extmaps,
+    strip_inactive_msids,
 )
 
 __all__ = [
@@ -429,7 +430,8 @@ class MediaPeer:
         self._install_hooks()
         # aiortc offers the RID extensions on video now (sdp.py registers them for publisher
         # answers); subscribers never receive rid-tagged streams from us.
-        return remove_extmaps(self.pc.localDescription.sdp, (RID_URI, REPAIRED_RID_URI))
+        sdp = remove_extmaps(self.pc.localDescription.sdp, (RID_URI, REPAIRED_RID_URI))
+        return strip_inactive_msids(sdp)
 
     async def _accept_answer(self, sdp: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))

@@ -419,3 +419,20 @@ def remove_extmaps(sdp: str, uris: Iterable[str]) -> str:
             kept.append(line)
         cleaned.append(kept)
     return join_sections(session, cleaned)
+
+
+def strip_inactive_msids(sdp: str) -> str:
+    """Remove stream identity from m-sections that carry no media (``a=inactive``).
+
+    An unsubscribed track keeps its m-line (aiortc cannot recycle one), and subscribing to the
+    same track again adds a new m-line with the same msid; libwebrtc refuses an offer where two
+    sections share an msid, so the dead section must not claim it any more.
+    """
+    session, sections = split_sections(sdp)
+    cleaned = []
+    for lines in sections:
+        if "a=inactive" in lines:
+            lines = [line for line in lines
+                     if not line.startswith("a=msid:") and not (line.startswith("a=ssrc:") and " msid:" in line)]
+        cleaned.append(lines)
+    return join_sections(session, cleaned)
