@@ -221,10 +221,19 @@ class Session:
     # ---- inbound frames -------------------------------------------------------------------
     def enqueue(self, data: bytes) -> None:
         """Frames are handled strictly in order (an offer before its trickles), one at a time."""
+        if self.closed:
+            return
         try:
             self._inbox.put_nowait(data)
         except asyncio.QueueFull:
-            log.warning("session %s floods the signal channel; closing it", self.sid)
+            kinds: dict[str, int] = {}
+            while not self._inbox.empty():
+                try:
+                    kind = rtc.SignalRequest.FromString(self._inbox.get_nowait()).WhichOneof("message") or "?"
+                except DecodeError:
+                    kind = "garbage"
+                kinds[kind] = kinds.get(kind, 0) + 1
+            log.warning("session %s floods the signal channel (%s pending); closing it", self.sid, kinds)
             background(self.close(models.DisconnectReason.STATE_MISMATCH))
 
     async def _read_loop(self) -> None:
