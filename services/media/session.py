@@ -82,6 +82,9 @@ class Session:
         self._offer_id = 0
         self._negotiating = False
         self._renegotiate = False
+        self._subscribe_existing = False
+        self._first_answered = False
+        self._deferred: set[str] = set()  # subscriptions asked for before the first answer
         self._connect_watch: asyncio.Task[None] | None = None
 
     # ---- outbound frames ------------------------------------------------------------------
@@ -158,10 +161,10 @@ class Session:
         self.room.broadcast_participant(self.info, exclude=self.sid, hidden=self.permission.hidden)
         for label, ordered in (("_reliable", True), ("_lossy", False)):
             self.subscriber.create_data_channel(label, ordered=ordered, max_retransmits=None if ordered else 0)
-        if self.spec.auto_subscribe and self.permission.can_subscribe:
-            for track in list(self.room.tracks.values()):
-                if track.publisher is not self:
-                    self.subscribe(track, negotiate=False)
+        # The first offer carries only the data channels: aiortc 1.16 stops the shared transport
+        # when a BUNDLE group's first m-line is media and the SCTP transport comes later, so the
+        # room's existing tracks follow in a second offer, once this one is answered.
+        self._subscribe_existing = self.spec.auto_subscribe and self.permission.can_subscribe
         self.spawn(self.negotiate_subscriber(), "subscriber-offer")
         self._connect_watch = asyncio.create_task(self._watch_connect(), name=f"connect-watch-{self.sid}")
         self.spawn(self._publisher_rtcp_loop(), "publisher-rtcp")
@@ -270,6 +273,16 @@ class Session:
     async def _on_answer(self, request: rtc.SignalRequest) -> None:
         await asyncio.wait_for(self.subscriber.accept_answer(request.answer.sdp), PC_DEADLINE)
         self._negotiating = False
+        if not self._first_answered:
+            self._first_answered = True
+            wanted = set(self._deferred)
+            if self._subscribe_existing:
+                wanted |= {sid for sid, t in self.room.tracks.items() if t.publisher is not self}
+            self._deferred.clear()
+            for sid in wanted:
+                if (track := self.room.tracks.get(sid)) is not None and track.sid not in self.subscriptions:
+                    self.subscribe(track, negotiate=False)
+                    self._renegotiate = True
         for track in self.room.tracks.values():
             track.subscriber_ready(self)
         if self._renegotiate:
@@ -461,6 +474,9 @@ class Session:
     # ---- subscribing ----------------------------------------------------------------------
     def subscribe(self, track: PublishedTrack, negotiate: bool = True) -> None:
         if self.closed or track.sid in self.subscriptions:
+            return
+        if not self._first_answered:
+            self._deferred.add(track.sid)  # media m-lines only after the data-channel offer
             return
         self.subscriptions.add(track.sid)
         track.add_subscriber(self)

@@ -5,7 +5,7 @@ other side.
     to /rtc), publishes the fake camera (simulcast) and microphone; a Python participant decodes both.
 (b) A Python participant publishes a synthetic 640x360 video; the browser, already in the room,
     subscribes and decodes it.
-(c) The same, with the browser joining after the video is published (xfail: server bug, see there).
+(c) The same, with the browser joining after the video is published.
 
 The page (tests/e2e/browser) is bundled here with esbuild and served from its own origin, so the
 server's CORS answers matter just as they do for a real web app. Recipe: docs browser-testing.md.
@@ -427,7 +427,6 @@ async def test_python_video_reaches_the_browser(page_url: str, server: Server) -
 # transport ("RTCIceTransport(controlling) - new -> closed", "connection_lost"). Every SDK fails to
 # connect such a subscriber PC (JS: "could not establish pc connection"; Python:
 # "wait_pc_connection timed out"). Remove the marker once the media node is fixed.
-@pytest.mark.xfail(strict=True, reason="server: late joiner's subscriber PC never connects (aiortc bundle)")
 async def test_browser_joins_room_with_existing_publisher(page_url: str, server: Server) -> None:
     """The Python participant publishes first; the browser joins the room afterwards."""
     room_name = "python-then-browser"
