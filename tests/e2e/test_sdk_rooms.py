@@ -91,3 +91,40 @@ async def test_video_audio_data_mute_leave(dev_server: DevServer) -> None:
             task.cancel()
         for room in (alice, bob, carol):
             await room.disconnect()
+
+
+async def test_h264_video_is_forwarded(dev_server: DevServer) -> None:
+    """A publisher choosing H.264 (the SDK offers 42e01f) reaches a subscriber decodable."""
+    import numpy as np
+
+    publisher_room, viewer = rtc.Room(), rtc.Room()
+    received = Received()
+    count_media(viewer, received)
+    task = None
+    try:
+        await viewer.connect(dev_server.url, dev_server.token("viewer", "h264-room"))
+        await publisher_room.connect(dev_server.url, dev_server.token("h264", "h264-room"))
+        source = rtc.VideoSource(640, 360)
+        track = rtc.LocalVideoTrack.create_video_track("camera", source)
+        await publisher_room.local_participant.publish_track(track, rtc.TrackPublishOptions(
+            source=rtc.TrackSource.SOURCE_CAMERA, video_codec=rtc.VideoCodec.H264, simulcast=False))
+
+        async def frames() -> None:
+            index = 0
+            while True:
+                frame = np.zeros((360, 640, 4), dtype=np.uint8)
+                frame[:, (index * 8) % 600:(index * 8) % 600 + 40] = 255
+                source.capture_frame(rtc.VideoFrame(640, 360, rtc.VideoBufferType.RGBA, frame.tobytes()))
+                index += 1
+                await asyncio.sleep(1 / 30)
+
+        task = asyncio.ensure_future(frames())
+        assert await wait_for(lambda: received.video_frames >= 30, 20), received.video_frames
+        assert received.size() == (640, 360)
+        info = next(iter(next(iter(viewer.remote_participants.values())).track_publications.values()))
+        assert "h264" in info.mime_type.lower()
+    finally:
+        if task is not None:
+            task.cancel()
+        for room in (publisher_room, viewer):
+            await room.disconnect()
