@@ -10,6 +10,9 @@ a consumer that crashes between applying a message and acking it neither loses n
 on redelivery either both were committed (skip: `stream_seq <= get_offset(consumer)`, or the
 append returns False) or neither was (apply again).
 
+`webhook_deliveries` remembers which webhook (by its stable id) reached which URL (by hash), so
+the webhook workers of `services/room/webhooks.py` never send one twice after a restart.
+
 The tables below mirror `migrations/versions/`, which is authoritative for DDL; the schema is
 created by `shared.db.upgrade`, never by `metadata.create_all`.
 """
@@ -64,6 +67,27 @@ consumer_offsets = sa.Table(
     sa.Column("updated_at", sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint("consumer", name="pk_consumer_offsets"),
 )
+
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("url_hash", sa.String(64), nullable=False),
+    sa.Column("webhook_id", sa.String(64), nullable=False),
+    sa.Column("room", sa.Text(), nullable=True),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("delivered_at", sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint("url_hash", "webhook_id", name="pk_webhook_deliveries"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    url_hash: str
+    webhook_id: str  # the WebhookEvent id ("EV_" + source event id)
+    room: str | None
+    event: str  # "room_started", "participant_joined", ...
+    delivered_at: int  # unix ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,3 +311,40 @@ class EventStore:
             values["last_seq"] = max(int(current), last_seq)
         where = consumer_offsets.c.consumer == consumer
         conn.execute(consumer_offsets.update().where(where).values(**values))
+
+    # -- webhook deliveries -----------------------------------------------------------------
+
+    def record_webhook_delivery(self, url_hash: str, webhook_id: str, room: str | None, event: str,
+                                delivered_at: int | None = None) -> bool:
+        """Remember that webhook `webhook_id` reached the URL hashed as `url_hash`; False (nothing
+        written) if it was already recorded."""
+        values = {"url_hash": url_hash, "webhook_id": webhook_id, "room": room, "event": event,
+                  "delivered_at": _now_ms() if delivered_at is None else delivered_at}
+        with self.engine.begin() as conn:
+            insert = _dialect_insert(conn)
+            if insert is not None:
+                stmt = insert(webhook_deliveries).values(**values).on_conflict_do_nothing(
+                    index_elements=["url_hash", "webhook_id"])
+                return conn.execute(stmt.returning(webhook_deliveries.c.webhook_id)).first() is not None
+            try:
+                with conn.begin_nested():
+                    conn.execute(webhook_deliveries.insert().values(**values))
+                return True
+            except sa.exc.IntegrityError:
+                return False
+
+    def webhook_delivered(self, url_hash: str, webhook_id: str) -> bool:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(webhook_deliveries.c.webhook_id).where(
+                webhook_deliveries.c.url_hash == url_hash, webhook_deliveries.c.webhook_id == webhook_id)).first()
+        return row is not None
+
+    def webhook_deliveries(self, url_hash: str | None = None) -> list[WebhookDelivery]:
+        """Recorded deliveries (of one URL hash, or all), oldest first."""
+        stmt = sa.select(webhook_deliveries).order_by(webhook_deliveries.c.delivered_at)
+        if url_hash is not None:
+            stmt = stmt.where(webhook_deliveries.c.url_hash == url_hash)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [WebhookDelivery(url_hash=r.url_hash, webhook_id=r.webhook_id, room=r.room, event=r.event,
+                                delivered_at=int(r.delivered_at)) for r in rows]

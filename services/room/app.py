@@ -22,6 +22,7 @@ from .admission import Admissions
 from .api import ApiError, RoomApi, b64
 from .placement import NodePlacement
 from .state import RoomRegistry
+from .webhooks import WebhookWorker
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class RoomService(Service):
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer = None
         self._down_reported: set[str] = set()
+        self.webhooks: list[WebhookWorker] = []
         self.api = RoomApi(self.registry, self._send_command, self._emit)
 
     async def on_start(self) -> None:
@@ -56,8 +58,25 @@ class RoomService(Service):
             stream_name("events", self.settings.dc), f"room-{self.settings.dc}", self._on_event)
         self._tasks.append(asyncio.create_task(self._watch_nodes(), name="room-node-watch"))
         self._tasks.append(asyncio.create_task(self._close_idle_rooms(), name="room-lifecycle"))
+        await self._start_webhooks()
+
+    async def _start_webhooks(self) -> None:
+        """One durable webhook worker per configured URL, signing with the first API key."""
+        if not self.settings.webhook_urls:
+            return
+        assert self.bus and self.store
+        if not self.settings.api_keys:
+            log.error("webhook URLs configured but no API key to sign them with (MESHRTC_API_KEYS): not sending")
+            return
+        api_key, api_secret = next(iter(self.settings.api_keys.items()))
+        for url in dict.fromkeys(self.settings.webhook_urls):
+            worker = WebhookWorker(self.bus, self.store, url, api_key=api_key, api_secret=api_secret)
+            await worker.start()
+            self.webhooks.append(worker)
 
     async def on_stop(self) -> None:
+        for worker in self.webhooks:
+            await worker.stop()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
