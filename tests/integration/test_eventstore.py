@@ -103,10 +103,11 @@ def _joined(room: str, identity: str, **kw) -> Envelope:
 def test_upgrade_from_empty_creates_schema_and_is_idempotent(db_url: str) -> None:
     assert current_revision(db_url) is None
     upgrade(db_url)
-    assert head_revision() == "0001"
-    assert current_revision(db_url) == "0001"
+    head = head_revision()
+    assert head is not None and head >= "0001"  # later migrations stack on the event store
+    assert current_revision(db_url) == head
     upgrade(db_url)  # already at head: no-op
-    assert current_revision(db_url) == "0001"
+    assert current_revision(db_url) == head
 
     eng = make_engine(db_url)
     try:
