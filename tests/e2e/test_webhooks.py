@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,8 +27,7 @@ from shared.natsserver import free_port
 from .conftest import API_KEY, API_SECRET, DevServer, start_dev_server, stop_dev_server
 from .sdk_helpers import publish_synthetic, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
-warnings.filterwarnings("ignore", message=".*HMAC key.*")
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420), pytest.mark.filterwarnings("ignore:.*HMAC key.*")]
 
 ROOM_ONE, ROOM_TWO = "wh-one", "wh-two"
 

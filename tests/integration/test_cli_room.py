@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from shared.natsserver import free_port
 from tests.e2e.conftest import DevServer, start_dev_server, stop_dev_server
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore:.*HMAC key.*")]
-warnings.filterwarnings("ignore", message=".*HMAC key.*")
 
 
 @pytest.fixture(scope="module")
