@@ -145,7 +145,7 @@ class MediaNode(Service):
         session = Session(self, room, spec)
         self.sessions[session.sid] = session
         room.sessions[session.sid] = session
-        await self._publish(ParticipantJoined(
+        self._publish_soon(ParticipantJoined(
             sid=session.sid, room_sid=spec.room.sid, identity=spec.identity, name=spec.name, metadata=spec.metadata,
             attributes=spec.attributes, kind=spec.kind, node=self.node_id, signal_node=spec.signal_node,
             project=spec.project, info=base64.b64encode(session.info.SerializeToString()).decode()), room.name)
@@ -197,14 +197,10 @@ class MediaNode(Service):
         return new_track_sid("A" if track_type == models.TrackType.AUDIO else "V")
 
     def _publish_soon(self, payload: object, room: str) -> None:
-        background(self._publish(payload, room), "publish-event")
-
-    async def _publish(self, payload: object, room: str) -> None:
+        """Queued in the bus's ordered outbox: events of one node reach the stream in the order
+        they happened (webhooks and the room fold depend on it), and survive a NATS restart."""
         assert self.bus
-        try:
-            await self.bus.publish_event(self.envelope(payload, room=room))
-        except Exception as exc:
-            log.warning("event %s not published: %s", type(payload).__name__, exc)
+        self.bus.publish_event_nowait(self.envelope(payload, room=room))
 
     def participant_active(self, session: Session) -> None:
         self._publish_soon(ParticipantActive(sid=session.sid, identity=session.identity), session.room.name)
