@@ -12,6 +12,7 @@ from shared.auth import TokenVerifier
 from shared.config import Settings
 from shared.service import Service
 
+from .denial import DenialNoiseFilter
 from .http import build_app
 from .rtc import RtcEndpoint
 
@@ -38,6 +39,7 @@ class SignalService(Service):
 
     async def on_start(self) -> None:
         assert self.bus
+        logging.getLogger("uvicorn.error").addFilter(DenialNoiseFilter())
         self.rtc = RtcEndpoint(self.bus, self.verifier, self.settings.dc, self.node_id, self.settings.api_keys)
         config = uvicorn.Config(
             build_app(self), host=self.settings.http_host, port=self.settings.http_port, log_level="warning",

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from services.billing.protocol import QueryError, query_from_params, usage_request_subject
+from shared.bus import BusTimeout, RemoteError
+
 from .admission import HttpError, authenticate
+from .denial import deny
 from .twirp import handle_room_service
 
 if TYPE_CHECKING:
@@ -52,7 +57,7 @@ def build_app(service: SignalService) -> FastAPI:
     # Single-PC signalling (/rtc/v1) is not offered: both SDKs fall back to /rtc on a plain 404.
     @app.websocket("/rtc/v1")
     async def rtc_v1_ws(ws: WebSocket) -> None:
-        await ws.send_denial_response(PlainTextResponse("v1 signalling is not supported", status_code=404))
+        await deny(ws, 404, "v1 signalling is not supported")
 
     @app.get("/rtc/v1")
     @app.get("/rtc/v1/validate")
@@ -71,5 +76,34 @@ def build_app(service: SignalService) -> FastAPI:
         except HttpError as exc:
             return PlainTextResponse(exc.message, status_code=exc.status, headers=CORS)
         return JSONResponse({"regions": service.region_list()}, headers={"Cache-Control": "max-age=30"})
+
+    @app.get("/usage")
+    async def usage(request: Request) -> Response:
+        """Metered usage from the billing service; needs a roomList token (any room of its API
+        key) or a roomAdmin one (its own room only)."""
+        try:
+            claims = authenticate(service.verifier, request.headers.get("authorization"), None)
+        except HttpError as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status, headers=CORS)
+        params = dict(request.query_params)
+        if not claims.video.room_list:
+            if not claims.video.room_admin:
+                return JSONResponse({"error": "permissions denied: roomList or roomAdmin grant required"},
+                                    status_code=403, headers=CORS)
+            if params.get("room", claims.video.room) != claims.video.room:
+                return JSONResponse({"error": f"permissions denied: token is for room {claims.video.room!r}"},
+                                    status_code=403, headers=CORS)
+            params["room"] = claims.video.room
+        try:
+            query = query_from_params(params, claims.api_key)
+        except QueryError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400, headers=CORS)
+        assert service.bus is not None
+        try:
+            raw = await service.bus.request(usage_request_subject(service.settings.dc), query.to_json(), timeout=15)
+        except (BusTimeout, RemoteError) as exc:
+            return JSONResponse({"error": f"billing service unavailable: {exc}"}, status_code=503, headers=CORS)
+        body = json.loads(raw)
+        return JSONResponse(body, status_code=int(body.get("status", 400)) if "error" in body else 200, headers=CORS)
 
     return app

@@ -18,7 +18,6 @@ from datetime import timedelta
 from fastapi import WebSocket, WebSocketDisconnect
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
-from starlette.responses import PlainTextResponse
 
 from shared.auth import Claims, TokenVerifier, mint_token
 from shared.bus import Bus, BusTimeout, RemoteError
@@ -26,6 +25,7 @@ from shared.control import CloseSession, OpenSession, SessionOpened
 from shared.subjects import media_node_subject, session_to_node_subject, session_to_signal_subject
 
 from .admission import HttpError, admit, authenticate
+from .denial import deny
 from .params import ConnectParams, ParamError, parse_connect_params
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,10 @@ class RtcEndpoint:
             params = parse_connect_params(query, ws.headers.get("user-agent", ""), address)
             claims = authenticate(self.verifier, ws.headers.get("authorization"), query.get("access_token"))
         except ParamError as exc:
-            await ws.send_denial_response(PlainTextResponse(exc.message, status_code=exc.status))
+            await deny(ws, exc.status, exc.message)
             return
         except HttpError as exc:
-            await ws.send_denial_response(PlainTextResponse(exc.message, status_code=exc.status))
+            await deny(ws, exc.status, exc.message)
             return
 
         if params.reconnect:
@@ -132,7 +132,7 @@ class RtcEndpoint:
         except HttpError as exc:
             if subscription is not None:
                 await subscription.unsubscribe()
-            await ws.send_denial_response(PlainTextResponse(exc.message, status_code=exc.status))
+            await deny(ws, exc.status, exc.message)
             return
 
         await ws.accept()
