@@ -347,3 +347,26 @@ class UsageSample(EventPayload):
     connection_ms: int = 0
     start_ms: int
     end_ms: int
+
+
+@register
+class UsageRollup(EventPayload):
+    """One minute of one participant's metered usage in one direction, as billing committed it
+    (docs/billing-events.md). `revision` grows when late samples change a published minute; the
+    highest revision of a `key` is the truth."""
+
+    TYPE: ClassVar[str] = "usage.rollup"
+    key: str
+    revision: int
+    project: str
+    room: str
+    room_sid: str = ""
+    participant_sid: str
+    identity: str = ""
+    direction: Direction
+    minute_start_ms: int
+    minute_end_ms: int
+    bytes: int = 0
+    packets: int = 0
+    connection_ms: int = 0
+    samples: int = 0
