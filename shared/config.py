@@ -68,7 +68,7 @@ class Settings:
     region: str = ""
     dev: bool = False
     log_level: str = "INFO"
-    heartbeat_ms: int = 1000
+    heartbeat_ms: int = 500  # node.down after 3 missed beats: a dead media node is noticed within 2 s
     media_capacity: int = 200  # participants a media node accepts before it counts as full
     pricing_file: str = ""
     relay_port: int = 0

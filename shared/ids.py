@@ -40,6 +40,16 @@ def new_event_id(now_ms: int | None = None) -> str:
     return _b32(ms, 10) + _b32(rand, 16)
 
 
+def derived_event_id(parent_id: str, key: str) -> str:
+    """A deterministic id for an event that another event causes (e.g. the participant.left
+    events a node.down implies): a handler that runs twice publishes the same ids, and
+    JetStream's dedupe drops the repeat. Sorts just after its parent."""
+    import hashlib
+
+    digest = int.from_bytes(hashlib.sha256(f"{parent_id}/{key}".encode()).digest()[:10], "big")
+    return parent_id[:10] + _b32(digest, 16)
+
+
 def event_id_time_ms(event_id: str) -> int:
     value = 0
     for ch in event_id[:10]:

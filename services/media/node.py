@@ -9,7 +9,7 @@ import logging
 import os
 import time
 
-from livekit.protocol import models
+from livekit.protocol import models, rtc
 
 from shared.config import Settings
 from shared.control import (
@@ -119,7 +119,7 @@ class MediaNode(Service):
 
     async def on_stop(self) -> None:
         await asyncio.gather(*(s.close(models.DisconnectReason.SERVER_SHUTDOWN,
-                                       action=1) for s in list(self.sessions.values())),
+                                       action=rtc.LeaveRequest.Action.RECONNECT) for s in list(self.sessions.values())),
                              return_exceptions=True)
 
     def heartbeat_load(self) -> NodeHeartbeat:

@@ -13,8 +13,17 @@ from shared.bus import BusTimeout, MsgMeta, RemoteError
 from shared.config import Settings
 from shared.control import ApiCall, ApiResult, CommandResult, JoinRequest, MediaCommand
 from shared.db import check_database, make_engine
-from shared.events import Envelope, EventPayload, NodeDown, NodeHeartbeat, ParticipantJoined, RoomFinished
+from shared.events import (
+    Envelope,
+    EventPayload,
+    NodeDown,
+    NodeHeartbeat,
+    ParticipantJoined,
+    ParticipantLeft,
+    RoomFinished,
+)
 from shared.eventstore import EventStore
+from shared.ids import derived_event_id
 from shared.service import Service, heartbeat_subject
 from shared.subjects import media_node_subject, room_request_subject, stream_name
 
@@ -145,6 +154,25 @@ class RoomService(Service):
         await asyncio.to_thread(self.store.append, env)
         if isinstance(env.payload, ParticipantJoined):
             self.admissions.joined(env.payload.sid)
+        elif isinstance(env.payload, NodeDown) and env.payload.service == "media":
+            await self._node_lost(env)
+
+    async def _node_lost(self, env: Envelope) -> None:
+        """The participants of a dead media node have left it: signal tells their clients to
+        rejoin (they are placed on a healthy node); here they leave the room state. Ids derive
+        from the node.down event, so handling it twice publishes nothing new."""
+        assert isinstance(env.payload, NodeDown)
+        self.placement.forget(env.payload.node_id)
+        for room in list(self.registry.rooms.values()):
+            for participant in list(room.participants.values()):
+                if participant.node != env.payload.node_id:
+                    continue
+                left = Envelope.new(
+                    ParticipantLeft(sid=participant.sid, identity=participant.identity, reason="MIGRATION"),
+                    dc=self.settings.dc, node=self.node_id, room=room.name,
+                    event_id=derived_event_id(env.id, participant.sid))
+                self.registry.apply(left)
+                await self.bus.publish_event(left)  # type: ignore[union-attr]
 
     async def _watch_nodes(self) -> None:
         """A media node that stops beating is declared down (once) so migration can start."""

@@ -41,7 +41,7 @@ class NodePlacement:
 
     def alive(self, node_id: str, now: float) -> bool:
         node = self.nodes.get(node_id)
-        return node is not None and now - node.last_seen <= max(2.0, node.interval_s * self.missed_beats_down)
+        return node is not None and now - node.last_seen <= max(1.5, node.interval_s * self.missed_beats_down)
 
     def dead_nodes(self, now: float) -> list[str]:
         return [node_id for node_id in self.nodes if not self.alive(node_id, now)]

@@ -10,6 +10,7 @@ import uvicorn
 
 from shared.auth import TokenVerifier
 from shared.config import Settings
+from shared.events import Envelope, EventDecodeError, NodeDown
 from shared.service import Service
 
 from .denial import DenialNoiseFilter
@@ -41,6 +42,7 @@ class SignalService(Service):
         assert self.bus
         logging.getLogger("uvicorn.error").addFilter(DenialNoiseFilter())
         self.rtc = RtcEndpoint(self.bus, self.verifier, self.settings.dc, self.node_id, self.settings.api_keys)
+        await self.bus.subscribe(f"events.{self.settings.dc}.node.down.>", self._on_node_down)
         config = uvicorn.Config(
             build_app(self), host=self.settings.http_host, port=self.settings.http_port, log_level="warning",
             ws="websockets-sansio", ws_max_size=MAX_FRAME, ws_ping_interval=10, ws_ping_timeout=20,
@@ -55,6 +57,16 @@ class SignalService(Service):
                 raise RuntimeError("signal HTTP server stopped while starting")
             await asyncio.sleep(0.02)
         log.info("signal listening on http://%s:%d", self.settings.http_host, self.settings.http_port)
+
+    async def _on_node_down(self, msg: object) -> None:
+        try:
+            env = Envelope.from_json(msg.data)  # type: ignore[attr-defined]
+        except EventDecodeError:
+            return
+        if isinstance(env.payload, NodeDown) and env.payload.service == "media":
+            told = self.rtc.media_node_down(env.payload.node_id)
+            if told:
+                log.warning("media node %s is down: %d client(s) told to rejoin", env.payload.node_id, told)
 
     async def on_stop(self) -> None:
         if self._server:

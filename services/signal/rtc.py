@@ -53,6 +53,21 @@ class RtcEndpoint:
         self.dc = dc
         self.node_id = node_id
         self.counters = SignalCounters()
+        # live bridges: participant sid -> (media node, the queue of frames to its client)
+        self.bridges: dict[str, tuple[str, asyncio.Queue[tuple[bytes, str | None]]]] = {}
+
+    def media_node_down(self, node_id: str) -> int:
+        """The node hosting these sessions is gone: their clients rejoin in full, and the room
+        service places them on a healthy node. Returns how many were told."""
+        leave = rtc.SignalResponse(leave=rtc.LeaveRequest(
+            can_reconnect=True, reason=models.DisconnectReason.MIGRATION,
+            action=rtc.LeaveRequest.Action.RECONNECT)).SerializeToString()
+        told = 0
+        for node, queue in list(self.bridges.values()):
+            if node == node_id:
+                queue.put_nowait((leave, "node_down"))
+                told += 1
+        return told
 
     # ---- validation shared by /rtc and /rtc/validate --------------------------------------
     def validate(self, authorization: str | None, query: dict[str, str], user_agent: str) -> ConnectParams:
@@ -137,6 +152,7 @@ class RtcEndpoint:
 
         await ws.accept()
         self.counters.sessions += 1
+        self.bridges[participant_sid] = (admission.node_id, down)
         up_subject = session_to_node_subject(admission.node_id, participant_sid)
         graceful = False
         sender = asyncio.create_task(self._pump_down(ws, down, claims), name=f"ws-down-{participant_sid}")
@@ -149,6 +165,7 @@ class RtcEndpoint:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
             self.counters.sessions -= 1
+            self.bridges.pop(participant_sid, None)
             close = CloseSession(participant_sid=participant_sid, graceful=graceful,
                                  reason="client_leave" if graceful else "signal_closed")
             with contextlib.suppress(Exception):

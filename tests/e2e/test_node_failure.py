@@ -1,0 +1,97 @@
+"""A media node SIGKILLed mid-call: its participants are told to rejoin, land on a healthy node,
+republish, and media flows again (DESIGN.md §5 failover as event handlers)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from livekit import api, rtc
+
+from .conftest import API_KEY, API_SECRET, DevServer, start_dev_server, stop_dev_server
+from .sdk_helpers import Received, count_media, publish_synthetic, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+warnings.filterwarnings("ignore", message=".*HMAC key.*")
+
+
+@pytest.fixture(scope="module")
+def two_node_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    server = start_dev_server(tmp_path_factory.mktemp("dev2"), "--media-nodes", "2")
+    try:
+        yield server
+    finally:
+        stop_dev_server(server)
+
+
+def media_pid(server: DevServer, node_id: str) -> int:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text().split()
+        except OSError:
+            continue
+        if int(stat[3]) == server.process.pid and f"MESHRTC_NODE_ID={node_id}".encode() in environ:
+            return int(entry.name)
+    return 0
+
+
+async def test_participants_of_a_killed_node_come_back(two_node_server: DevServer) -> None:
+    server = two_node_server
+    publisher_room, viewer = rtc.Room(), rtc.Room()
+    received = Received()
+    count_media(viewer, received)
+    frame_times: list[float] = []
+    client = api.LiveKitAPI(server.http_url, API_KEY, API_SECRET)
+    publisher = None
+    try:
+        await viewer.connect(server.url, server.token("viewer", "failover"))
+        await publisher_room.connect(server.url, server.token("presenter", "failover"))
+        publisher = await publish_synthetic(publisher_room, 640, 360, audio=False)
+        assert await wait_for(lambda: received.video_frames > 20, 20)
+
+        hosting = [n for n in ("media-dc1-1", "media-dc1-2")
+                   if "failover" in (await server.node_stats(n)).rooms]
+        assert len(hosting) == 1, hosting
+        pid = media_pid(server, hosting[0])
+        assert pid
+
+        async def sample_frames() -> None:
+            last = received.video_frames
+            while True:
+                await asyncio.sleep(0.02)
+                if received.video_frames != last:
+                    last = received.video_frames
+                    frame_times.append(time.monotonic())
+
+        sampler = asyncio.ensure_future(sample_frames())
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        resumed = await wait_for(lambda: bool(frame_times) and frame_times[-1] > killed_at + 0.5
+                                 and received.video_frames > 0, 60)
+        await asyncio.sleep(2)
+        sampler.cancel()
+        assert resumed, "video never came back after the node died"
+        after = [t for t in frame_times if t >= killed_at]
+        gaps = [b - a for a, b in zip([killed_at, *after], after, strict=False)]
+        print(f"longest video gap after SIGKILL of {hosting[0]}: {max(gaps):.2f}s")
+        participants = await client.room.list_participants(api.ListParticipantsRequest(room="failover"))
+        identities = sorted(p.identity for p in participants.participants)
+        assert identities == ["presenter", "viewer"], identities
+        presenter = next(p for p in participants.participants if p.identity == "presenter")
+        assert len(presenter.tracks) == 1  # republished after the rejoin
+        assert max(gaps) < 15
+    finally:
+        if publisher is not None:
+            await publisher.stop()
+        for room in (publisher_room, viewer):
+            await room.disconnect()
+        await client.aclose()
