@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,7 @@ from shared.subjects import stream_name, usage_subject
 from .conftest import API_KEY, API_SECRET, DevServer
 from .sdk_helpers import publish_synthetic, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-warnings.filterwarnings("ignore", message=".*HMAC key.*")
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore:.*HMAC key.*")]
 
 SESSION_S = 60.0
 KILL_AT_S = 25.0

@@ -28,6 +28,8 @@ from shared.events import Envelope, UsageRollup, UsageSample
 from shared.natsserver import NatsServer
 from shared.subjects import rollup_subject, stream_name, usage_subject
 
+pytestmark = [pytest.mark.filterwarnings("ignore:.*HMAC key.*")]
+
 DC = "dc1"
 T = (int(time.time() * 1000) // 60_000 - 10) * 60_000  # ten minutes ago, on a minute boundary
 KEY, SECRET = "devkey", "secret"
