@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_HEADER = "Meshrtc-Close"
 USAGE_INTERVAL = 5.0  # seconds between usage samples
+DRAIN_PACE = 1.0  # seconds between two participants moved off a draining node
 REASON_NAMES = {v: k for k, v in models.DisconnectReason.items()}
 
 
@@ -69,6 +70,7 @@ class MediaNode(Service):
         await self.bus.serve(media_node_subject(self.node_id, "open"), self._on_open)
         await self.bus.serve(media_node_subject(self.node_id, "close"), self._on_close)
         await self.bus.serve(media_node_subject(self.node_id, "stats"), self._on_stats)
+        await self.bus.serve(media_node_subject(self.node_id, "drain"), self._on_drain)
         await self.bus.serve(media_node_subject(self.node_id, "command"), self._on_command, concurrency=8)
         await self.bus.subscribe(f"sess.{self.node_id}.*.up", self._on_up)
         background(self._debug_loop(), "media-debug")
@@ -170,6 +172,24 @@ class MediaNode(Service):
             return (await apply_command(room, command)).encode()
         except CommandError as exc:
             return CommandResult(ok=False, error=str(exc)).encode()
+
+    async def _on_drain(self, data: bytes) -> bytes:
+        """Stop taking joins (the heartbeat says draining), move participants off one at a time
+        (each rejoins on another node), then stop the process."""
+        if not self.draining:
+            self.draining = True
+            background(self._drain(), "media-drain")
+        return Ack().encode()
+
+    async def _drain(self) -> None:
+        await asyncio.sleep(self.settings.heartbeat_ms / 1000 * 2)  # placement sees "draining" first
+        while self.sessions:
+            session = next(iter(self.sessions.values()))
+            log.info("draining: moving %s (%d left)", session.identity, len(self.sessions))
+            await session.close(models.DisconnectReason.MIGRATION, action=rtc.LeaveRequest.Action.RECONNECT)
+            await asyncio.sleep(DRAIN_PACE)
+        log.info("drained: stopping")
+        self.stopping.set()
 
     async def _on_stats(self, data: bytes) -> bytes:
         return NodeStats(

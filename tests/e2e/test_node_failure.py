@@ -95,3 +95,45 @@ async def test_participants_of_a_killed_node_come_back(two_node_server: DevServe
         for room in (publisher_room, viewer):
             await room.disconnect()
         await client.aclose()
+
+
+async def test_rolling_drain_keeps_everyone_in_the_room(two_node_server: DevServer) -> None:
+    """Drain each media node in turn (the dev supervisor restarts it): nobody leaves for good."""
+    import subprocess
+    import sys
+
+    server = two_node_server
+    rooms = [rtc.Room() for _ in range(4)]
+    client = api.LiveKitAPI(server.http_url, API_KEY, API_SECRET)
+    publishers = []
+    try:
+        for index, room in enumerate(rooms):
+            await room.connect(server.url, server.token(f"member{index}", "rolling"))
+        publishers.append(await publish_synthetic(rooms[0], video=False))
+        expected = [f"member{i}" for i in range(4)]
+
+        async def identities() -> list[str]:
+            response = await client.room.list_participants(api.ListParticipantsRequest(room="rolling"))
+            return sorted(p.identity for p in response.participants)
+
+        for node in ("media-dc1-1", "media-dc1-2"):
+            if "rolling" not in (await server.node_stats(node)).rooms:
+                continue
+            started = time.monotonic()
+            result = await asyncio.to_thread(subprocess.run, [
+                sys.executable, "-m", "meshrtc", "node", "drain", node, "--nats-url", server.nats_url,
+                "--wait", "120"], capture_output=True, text=True, timeout=150)
+            assert result.returncode == 0, result.stdout + result.stderr
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while await identities() != expected and loop.time() < deadline:
+                await asyncio.sleep(0.5)
+            print(f"drained {node} in {time.monotonic() - started:.1f}s")
+            assert await identities() == expected
+        assert all(room.connection_state == rtc.ConnectionState.CONN_CONNECTED for room in rooms)
+    finally:
+        for publisher in publishers:
+            await publisher.stop()
+        for room in rooms:
+            await room.disconnect()
+        await client.aclose()
