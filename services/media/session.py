@@ -67,6 +67,9 @@ class Session:
         self.pending_tracks: dict[str, rtc.AddTrackRequest] = {}  # cid -> request
         self.pending_sids: dict[str, str] = {}  # cid -> assigned track sid
         self.subscriptions: set[str] = set()  # track sids this participant receives
+        self.wanted: set[str] = set()  # track sids it asked for (or auto-subscribed), allowed or not
+        self.denied: set[str] = set()  # wanted but refused by the publisher's subscription permission
+        self.permission_rules: rtc.SubscriptionPermission | None = None  # None: everyone may subscribe
         self.data_state = DataSenderState(self.sid, self.identity)
         # bytes/packets sent on subscriptions that ended, by track, so metering never goes back
         self.downstream_done: dict[str, tuple[int, int]] = {}
@@ -341,9 +344,9 @@ class Session:
             if update.subscribe and sid not in self.subscriptions and self.permission.can_subscribe:
                 self.subscribe(track, negotiate=False)
                 changed = True
-            elif not update.subscribe and sid in self.subscriptions:
+            elif not update.subscribe:
+                changed = changed or sid in self.subscriptions
                 self.unsubscribe(track, negotiate=False)
-                changed = True
         if changed:
             self.spawn(self.negotiate_subscriber(), "subscriber-offer")
 
@@ -351,8 +354,11 @@ class Session:
         settings = request.track_setting
         for sid in settings.track_sids:
             track = self.room.tracks.get(sid)
-            if track is not None:
+            if track is not None and track.sid in self.subscriptions:
                 track.update_settings(self, settings.disabled, settings.width, settings.height, settings.quality)
+                state = rtc.StreamState.PAUSED if settings.disabled else rtc.StreamState.ACTIVE
+                self.send(rtc.SignalResponse(stream_state_update=rtc.StreamStateUpdate(stream_states=[
+                    rtc.StreamStateInfo(participant_sid=track.publisher.sid, track_sid=sid, state=state)])))
 
     async def _on_leave(self, request: rtc.SignalRequest) -> None:
         await self.close(models.DisconnectReason.CLIENT_INITIATED, send_leave=False)
@@ -406,8 +412,37 @@ class Session:
         self.announce()
         self.node.participant_updated(self)
 
+    def allows(self, subscriber: Session, track_sid: str) -> bool:
+        rules = self.permission_rules
+        if rules is None or rules.all_participants:
+            return True
+        for rule in rules.track_permissions:
+            if rule.participant_sid == subscriber.sid or (
+                    rule.participant_identity and rule.participant_identity == subscriber.identity):
+                return rule.all_tracks or track_sid in rule.track_sids
+        return False
+
     async def _on_subscription_permission(self, request: rtc.SignalRequest) -> None:
-        return None  # every subscriber allowed (selective permissions land with subscriber control)
+        """The publisher says who may receive its tracks: denied subscribers lose the track and
+        are told; subscribers allowed again get it back if they still want it."""
+        self.permission_rules = request.subscription_permission
+        for track in list(self.tracks.values()):
+            for other in list(self.room.sessions.values()):
+                if other is self or track.sid not in other.wanted:
+                    continue
+                allowed = self.allows(other, track.sid)
+                if not allowed and track.sid in other.subscriptions:
+                    other.unsubscribe(track, keep_wanted=True)
+                    other.denied.add(track.sid)
+                    other.tell_permission(self.sid, track.sid, False)
+                elif allowed and track.sid in other.denied:
+                    other.denied.discard(track.sid)
+                    other.tell_permission(self.sid, track.sid, True)
+                    other.subscribe(track)
+
+    def tell_permission(self, publisher_sid: str, track_sid: str, allowed: bool) -> None:
+        self.send(rtc.SignalResponse(subscription_permission_update=rtc.SubscriptionPermissionUpdate(
+            participant_sid=publisher_sid, track_sid=track_sid, allowed=allowed)))
 
     async def _on_sync_state(self, request: rtc.SignalRequest) -> None:
         return None
@@ -475,6 +510,12 @@ class Session:
     def subscribe(self, track: PublishedTrack, negotiate: bool = True) -> None:
         if self.closed or track.sid in self.subscriptions:
             return
+        self.wanted.add(track.sid)
+        if not track.publisher.allows(self, track.sid):
+            if track.sid not in self.denied:
+                self.denied.add(track.sid)
+                self.tell_permission(track.publisher.sid, track.sid, False)
+            return
         if not self._first_answered:
             self._deferred.add(track.sid)  # media m-lines only after the data-channel offer
             return
@@ -483,7 +524,10 @@ class Session:
         if negotiate:
             self.spawn(self.negotiate_subscriber(), "subscriber-offer")
 
-    def unsubscribe(self, track: PublishedTrack, negotiate: bool = True) -> None:
+    def unsubscribe(self, track: PublishedTrack, negotiate: bool = True, keep_wanted: bool = False) -> None:
+        if not keep_wanted:
+            self.wanted.discard(track.sid)
+            self.denied.discard(track.sid)
         if track.sid not in self.subscriptions:
             return
         self.subscriptions.discard(track.sid)
