@@ -63,7 +63,7 @@ def start_dev_server(tmp: Path, *extra: str) -> DevServer:
                                stdout=log_file, stderr=subprocess.STDOUT,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=tmp)
     server = DevServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + 60  # generous: CI machines are small and busy
+    deadline = time.monotonic() + 90  # generous: CI machines are small and busy
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"meshrtc dev exited early:\n{server.log()}")
@@ -76,7 +76,7 @@ def start_dev_server(tmp: Path, *extra: str) -> DevServer:
         time.sleep(0.2)
     else:
         stop_dev_server(server)
-        raise RuntimeError(f"meshrtc dev did not come up in 60 s:\n{server.log()[-3000:]}")
+        raise RuntimeError(f"meshrtc dev did not come up in 90 s:\n{server.log()[-3000:]}")
     time.sleep(1.5)  # first heartbeat of the media node reaches the room service
     return server
 

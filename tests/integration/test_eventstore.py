@@ -123,7 +123,10 @@ def test_upgrade_from_empty_creates_schema_and_is_idempotent(db_url: str) -> Non
         assert [u["column_names"] for u in inspector.get_unique_constraints("events")] == [["id"]]
         # The Table objects used by the store mirror the migration.
         with eng.connect() as conn:
-            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+            # only the event store's own tables: other services' migrations add theirs
+            context = MigrationContext.configure(conn, opts={
+                "include_name": lambda name, kind, parent: kind != "table" or name in metadata.tables})
+            assert compare_metadata(context, metadata) == []
         # The migration also goes down cleanly.
         with eng.begin() as conn:
             config = db.alembic_config()
@@ -413,7 +416,7 @@ def test_cli_db_upgrade_and_current(db_url: str, capsys: pytest.CaptureFixture[s
     assert capsys.readouterr().out.startswith("none")
 
     assert cli.main(["db", "upgrade", "--database-url", db_url]) == 0
-    assert "0001 (head)" in capsys.readouterr().out
+    assert f"{head_revision()} (head)" in capsys.readouterr().out
     assert cli.main(["db", "upgrade", "--database-url", db_url]) == 0  # idempotent
     capsys.readouterr()
 
