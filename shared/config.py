@@ -74,6 +74,8 @@ class Settings:
     relay_port: int = 0
     relay_keys: dict[str, str] = field(default_factory=dict)
     nats_connect_timeout: float = 10.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # 0: no separate /metrics listener (signal always serves /metrics)
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -127,6 +129,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         relay_port=_int(env, "MESHRTC_RELAY_PORT", 0),
         relay_keys=relay_keys,
         nats_connect_timeout=float(_int(env, "MESHRTC_NATS_CONNECT_TIMEOUT", 10)),
+        metrics_host=env.get("MESHRTC_METRICS_HOST", "127.0.0.1"),
+        metrics_port=_int(env, "MESHRTC_METRICS_PORT", 0),
     )
     from shared.subjects import check_dc
 

@@ -16,6 +16,7 @@ import time
 from shared.bus import Bus
 from shared.config import Settings
 from shared.events import Envelope, NodeDown, NodeHeartbeat, NodeUp
+from shared.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,17 @@ class Service:
         self.draining = False
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.started_at = time.time()
+        self.metrics = ServiceMetrics(self.name, self.node_id, lambda: self.metrics_snapshot())
+        self._metrics_server: asyncio.AbstractServer | None = None
 
     # ---- hooks -------------------------------------------------------------------------
     async def on_start(self) -> None: ...
 
     async def on_stop(self) -> None: ...
+
+    def metrics_snapshot(self) -> dict[str, float]:
+        """Service-specific values for /metrics (read on scrape, never on the packet path)."""
+        return {}
 
     def heartbeat_load(self) -> NodeHeartbeat:
         return NodeHeartbeat(node_id=self.node_id, service=self.name, dc=self.settings.dc,
@@ -61,7 +68,27 @@ class Service:
         await self.bus.publish_event(self.envelope(
             NodeUp(node_id=self.node_id, service=self.name, dc=self.settings.dc, version=VERSION)))
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat")
+        self._lag_task = asyncio.create_task(self.metrics.lag.run(), name=f"{self.name}-loop-lag")
+        if self.settings.metrics_port:
+            self._metrics_server = await asyncio.start_server(
+                self._serve_metrics, self.settings.metrics_host, self.settings.metrics_port)
         log.info("%s %s started (dc=%s, nats=%s)", self.name, self.node_id, self.settings.dc, self.settings.nats_url)
+
+    async def _serve_metrics(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A minimal HTTP/1.0 endpoint: every GET gets the metrics (Prometheus scrapes /metrics)."""
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            if request.startswith(b"GET /metrics"):
+                body = self.metrics.render()
+                head = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+            else:
+                body, head = b"not found\n", b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+            writer.write(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
 
     async def _heartbeat_loop(self) -> None:
         assert self.bus
@@ -75,6 +102,10 @@ class Service:
             await asyncio.sleep(interval)
 
     async def stop(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        if getattr(self, "_lag_task", None):
+            self._lag_task.cancel()
         if self._heartbeat_task:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.config import Settings, settings_to_env
-from shared.natsserver import NatsServer, _set_parent_death_signal
+from shared.natsserver import NatsServer, _set_parent_death_signal, free_port
 
 DEV_KEY, DEV_SECRET = "devkey", "secret"
 
@@ -92,7 +92,12 @@ def run(args: argparse.Namespace) -> int:
         for index in range(max(1, args.media_nodes)):
             children.append(Child("media", f"media-{args.dc}-{index + 1}", env))
         children.append(Child("signal", f"signal-{args.dc}", env))
+        metrics: list[str] = []
         for child in children:
+            if child.service != "signal":  # signal serves /metrics on its own HTTP port
+                port = free_port(args.bind)
+                child.env = {**child.env, "MESHRTC_METRICS_PORT": str(port), "MESHRTC_METRICS_HOST": args.bind}
+                metrics.append(f"{child.node_id}=http://{args.bind}:{port}/metrics")
             child.start()
         print(
             "meshrtc dev\n"
@@ -101,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             f"  API secret: {DEV_SECRET}\n"
             f"  NATS:       {nats.url}\n"
             f"  data:       {data_dir}\n"
+            f"  metrics:    http://{args.bind}:{args.port}/metrics {' '.join(metrics)}\n"
             "  Ctrl-C to stop",
             flush=True,
         )

@@ -124,6 +124,16 @@ class MediaNode(Service):
                                        action=rtc.LeaveRequest.Action.RECONNECT) for s in list(self.sessions.values())),
                              return_exceptions=True)
 
+    def metrics_snapshot(self) -> dict[str, float]:
+        values = {"participants": len(self.sessions), "tracks": sum(len(s.tracks) for s in self.sessions.values()),
+                  "packets_in_total": 0, "bytes_in_total": 0, "packets_forwarded_total": 0,
+                  "bytes_forwarded_total": 0, "packets_dropped_total": 0}
+        for room in self.rooms.values():
+            for track in room.tracks.values():
+                for key, value in track.counters().items():
+                    values[key] += value
+        return values
+
     def heartbeat_load(self) -> NodeHeartbeat:
         tracks = sum(len(s.tracks) for s in self.sessions.values())
         participants = len(self.sessions)

@@ -163,6 +163,15 @@ class PublishedTrack:
         """Upstream loss since the previous call, worst stream of the track."""
         return max((stats.loss_since_last_call() for stats in self._stats.values()), default=0.0)
 
+    def counters(self) -> dict[str, int]:
+        downs = [sub.down for sub in self._subs.values() if sub.down is not None]
+        return {
+            "packets_in_total": self.packets_in, "bytes_in_total": self.bytes_in,
+            "packets_forwarded_total": sum(d.packets_sent for d in downs),
+            "bytes_forwarded_total": sum(sub.outgoing.bytes_sent for sub in self._subs.values()),
+            "packets_dropped_total": self.dropped_in + sum(d.packets_dropped for d in downs),
+        }
+
     def sent_to(self, session: Session) -> tuple[int, int] | None:
         """(SRTP bytes, packets) sent to that subscriber so far, if it subscribes."""
         sub = self._subs.get(session.sid)

@@ -33,6 +33,10 @@ class SignalService(Service):
         self._server_task: asyncio.Task[None] | None = None
         self.rtc: RtcEndpoint
 
+    def metrics_snapshot(self) -> dict[str, float]:
+        counters = self.rtc.counters if hasattr(self, "rtc") else None
+        return {"sessions": counters.sessions if counters else 0}
+
     def region_list(self) -> list[dict[str, str]]:
         host = self.settings.http_host if self.settings.http_host not in ("0.0.0.0", "::") else "127.0.0.1"
         return [{"region": self.settings.region or self.settings.dc,

@@ -37,6 +37,10 @@ def build_app(service: SignalService) -> FastAPI:
         return JSONResponse({"status": "ok" if healthy else "degraded", "node": service.node_id,
                              "dc": service.settings.dc}, status_code=200 if healthy else 503)
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
     @app.websocket("/rtc")
     async def rtc_ws(ws: WebSocket) -> None:
         await service.rtc.handle(ws)

@@ -56,21 +56,26 @@ def start_dev(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[str]:
     )
 
 
+banner_text: dict[str, str] = {}
+
+
 def read_banner(proc: subprocess.Popen[str], timeout: float = 15) -> dict[str, str]:
     """Reads the banner lines in a thread, so a silent process cannot block the test."""
     banner: dict[str, str] = {}
     assert proc.stdout is not None
     stream = proc.stdout
+    banner_text["all"] = ""
 
     def reader() -> None:
         for line in stream:
+            banner_text["all"] += line
             match = re.match(r"^\s+(URL|API key|API secret|NATS):\s+(\S+)", line)
             if match:
                 banner[match.group(1)] = match.group(2)
 
     threading.Thread(target=reader, daemon=True).start()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and "NATS" not in banner:
+    while time.monotonic() < deadline and "metrics:" not in banner_text["all"]:
         time.sleep(0.05)
     return banner
 
@@ -109,6 +114,14 @@ def test_dev_serves_beats_and_stops_cleanly(tmp_path: Path) -> None:
                 time.sleep(0.2)
         assert answered, "GET / did not answer within 15 s"
         assert asyncio.run(heartbeating_services(banner["NATS"], 20)) == SERVICES
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'meshrtc_sessions{node="signal-dc1",service="signal"}' in scraped
+        assert "meshrtc_event_loop_lag_seconds" in scraped
+        media_metrics = re.search(r"media-dc1-1=(\S+)", banner_text["all"])
+        assert media_metrics, banner_text["all"]
+        media = httpx.get(media_metrics.group(1), timeout=5).text
+        assert 'meshrtc_participants{node="media-dc1-1",service="media"} 0.0' in media
+        assert "meshrtc_packets_forwarded_total" in media
         family = descendants(proc.pid)
         names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in family if alive(pid)}
         assert "nats-server" in names
