@@ -110,3 +110,28 @@ async def wait_for(predicate: object, timeout: float, interval: float = 0.05) ->
             return True
         await asyncio.sleep(interval)
     return bool(predicate())  # type: ignore[operator]
+
+
+def dev_nats_url(dev_log: str) -> str:
+    """The embedded NATS URL from the `meshrtc dev` banner (`  NATS:       nats://127.0.0.1:PORT`)."""
+    import re
+
+    match = re.search(r"^\s*NATS:\s+(nats://\S+)", dev_log, re.MULTILINE)
+    if match is None:
+        raise AssertionError("no NATS line in the meshrtc dev banner")
+    return match.group(1)
+
+
+async def media_node_stats(nats_url: str, node_id: str = "media-dc1-1") -> dict[str, object]:
+    """`ctl.media.<node>.stats` answered by the media node: rooms, sessions, tracks, asyncio_tasks,
+    open_peers, rss_bytes (shared.control.NodeStats), as a plain dict."""
+    import json
+
+    import nats
+
+    nc = await nats.connect(nats_url, allow_reconnect=False)
+    try:
+        reply = await nc.request(f"ctl.media.{node_id}.stats", b"", timeout=2)
+    finally:
+        await nc.close()
+    return json.loads(reply.data)  # type: ignore[no-any-return]

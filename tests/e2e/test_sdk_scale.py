@@ -1,0 +1,280 @@
+"""Scale and hard-failure behaviour with LiveKit's Python SDK against `meshrtc dev`.
+
+(a) Clients that are SIGKILLed mid-call (50 SDK rooms in 5 processes) or mid-negotiation (a raw
+    WebSocket client holding an unanswered subscriber offer) leave nothing behind on the media
+    node: sessions, room membership, peers, asyncio tasks and memory return to their baseline.
+(b) 20 participants in one room, each publishing audio, all see and subscribe to each other. Last
+    in the module: today it overloads the node (xfail, see its reason) and would taint the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import nats.errors
+import pytest
+from livekit import rtc
+
+from .conftest import DevServer
+from .sdk_helpers import SyntheticPublisher, dev_nats_url, media_node_stats, publish_synthetic, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(200)]
+warnings.filterwarnings("ignore", message=".*HMAC key.*")
+
+CLIENT_PROC = Path(__file__).with_name("sdk_client_proc.py")
+MB = 1 << 20
+
+
+async def stats_now(nats_url: str, attempts: int = 5) -> dict[str, Any]:
+    """The media node's stats; a node whose event loop is busy may miss one 2 s request deadline."""
+    for attempt in range(attempts):
+        try:
+            return await media_node_stats(nats_url)
+        except (TimeoutError, nats.errors.TimeoutError):
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def poll_stats(nats_url: str, predicate: Callable[[dict[str, Any]], bool], timeout: float,
+                     interval: float = 0.25) -> tuple[bool, dict[str, Any], float]:
+    """Polls the media node's stats until `predicate` holds; returns (held, last stats, seconds)."""
+    start = time.monotonic()
+    stats = await stats_now(nats_url)
+    while not predicate(stats):
+        if time.monotonic() - start > timeout:
+            return False, stats, time.monotonic() - start
+        await asyncio.sleep(interval)
+        stats = await stats_now(nats_url)
+    return True, stats, time.monotonic() - start
+
+
+def summary(stats: dict[str, Any]) -> str:
+    rooms = {name: len(ids) for name, ids in stats["rooms"].items()}
+    return (f"sessions={stats['sessions']} tracks={stats['tracks']} tasks={stats['asyncio_tasks']} "
+            f"peers={stats['open_peers']} rss={stats['rss_bytes'] / MB:.0f}MB rooms={rooms}")
+
+
+def audio_subscribed(participant: rtc.RemoteParticipant) -> bool:
+    audio = [p for p in participant.track_publications.values() if p.kind == rtc.TrackKind.KIND_AUDIO]
+    return bool(audio) and all(p.subscribed and p.track is not None for p in audio)
+
+
+def open_log(path: Path) -> BinaryIO:
+    return open(path, "ab")
+
+
+async def spawn_client(*args: str, log: Path) -> asyncio.subprocess.Process:
+    """A client process (sdk_client_proc.py); its stderr (SDK logs) goes to `log`."""
+    log_file = open_log(log)
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, str(CLIENT_PROC), *args, stdout=asyncio.subprocess.PIPE, stderr=log_file,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    finally:
+        log_file.close()
+
+
+async def wait_ready(process: asyncio.subprocess.Process, timeout: float) -> str:
+    assert process.stdout is not None
+    line = (await asyncio.wait_for(process.stdout.readline(), timeout)).decode()
+    assert line.startswith("READY"), f"client process said {line!r}"
+    return line.strip()
+
+
+async def client_status(process: asyncio.subprocess.Process, timeout: float) -> str:
+    """The client's READY/ERROR line, or why there is none (a busy server may take longer)."""
+    assert process.stdout is not None
+    try:
+        line = (await asyncio.wait_for(process.stdout.readline(), timeout)).decode().strip()
+    except TimeoutError:
+        return f"no READY within {timeout:.0f}s"
+    return line[:300]
+
+
+def kill(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGKILL)
+
+
+async def test_client_killed_mid_negotiation_is_released(dev_server: DevServer, tmp_path: Path) -> None:
+    """A raw client takes its JoinResponse and first subscriber offer in a room with a publisher and
+    dies without answering: the node drops it long before the 20 s never-connected deadline."""
+    nats_url = dev_nats_url(dev_server.log())
+    room_name = "scale-raw-kill"
+    alice = rtc.Room()
+    publisher: SyntheticPublisher | None = None
+    process: asyncio.subprocess.Process | None = None
+    try:
+        await alice.connect(dev_server.url, dev_server.token("alice", room_name))
+        publisher = await publish_synthetic(alice, video=False)
+        ok, before, _ = await poll_stats(nats_url, lambda s: s["rooms"].get(room_name) == ["alice"]
+                                         and s["tracks"] >= 1, 10)
+        assert ok, summary(before)
+        joined = time.monotonic()
+        process = await spawn_client("raw", dev_server.url, dev_server.token("raw-victim", room_name),
+                                     log=tmp_path / "raw.log")
+        ready = await wait_ready(process, 20)
+        assert ready.startswith("READY join,") and "offer" in ready, ready
+        ok, during, _ = await poll_stats(nats_url, lambda s: "raw-victim" in s["rooms"].get(room_name, []), 5)
+        assert ok, summary(during)
+        kill(process)
+        await process.wait()
+        killed = time.monotonic()
+        ok, after, took = await poll_stats(nats_url, lambda s: s["rooms"].get(room_name) == ["alice"]
+                                           and s["sessions"] == before["sessions"]
+                                           and s["open_peers"] == before["open_peers"], 20)
+        print(f"\nraw client killed {killed - joined:.1f}s after joining; gone from the node {took:.1f}s "
+              f"after SIGKILL: {summary(after)}")
+        assert ok, summary(after)
+        # Released because its connection died, not by the 20 s never-connected deadline (which would
+        # also leak it today: see test_bad_input.py::test_never_connected_client_leaves_no_residue).
+        assert took < 15, took
+    finally:
+        if process is not None and process.returncode is None:
+            kill(process)
+            await process.wait()
+        if publisher is not None:
+            await publisher.stop()
+        await alice.disconnect()
+
+
+async def test_sigkilled_clients_leave_no_residue(dev_server: DevServer, tmp_path: Path) -> None:
+    nats_url = dev_nats_url(dev_server.log())
+    ok, baseline, _ = await poll_stats(nats_url, lambda s: s["sessions"] == 0 and s["open_peers"] == 0, 30)
+    assert ok, f"node not idle before the test: {summary(baseline)}"
+    await asyncio.sleep(2)  # let closed sessions' last tasks finish
+    baseline = await stats_now(nats_url)
+    print(f"\nbaseline: {summary(baseline)}")
+
+    room_name, procs_n, per_proc, publishers_per_proc = "scale-kill", 5, 10, 1
+    total = procs_n * per_proc
+    log_start = len(dev_server.log())
+    processes: list[asyncio.subprocess.Process] = []
+    try:
+        start = time.monotonic()
+        for p in range(procs_n):  # all processes at once; each joins its rooms one after the other
+            tokens = [dev_server.token(f"k{p}-{i}", room_name) for i in range(per_proc)]
+            processes.append(await spawn_client("sdk", dev_server.url, str(publishers_per_proc), *tokens,
+                                                log=tmp_path / f"client{p}.log"))
+        ready = await asyncio.gather(*(client_status(process, 60) for process in processes))
+        ok, loaded, _ = await poll_stats(
+            nats_url, lambda s: len(s["rooms"].get(room_name, [])) == total and s["tracks"] >= 1, 30)
+        present = set(loaded["rooms"].get(room_name, []))
+        node_downs = dev_server.log().count("missed its heartbeats")
+        print(f"{total} clients up in {time.monotonic() - start:.1f}s: {summary(loaded)}; {ready}; "
+              f"media node falsely declared down {node_downs}x so far")
+        if not ok:
+            # Not asserted (server bug, see the report): a busy media node misses 3 heartbeats of 500 ms,
+            # the room service declares it down and every client is told to rejoin, so some never settle.
+            expected = {f"k{p}-{i}" for p in range(procs_n) for i in range(per_proc)}
+            print(f"NOT all {total} on the node; missing {sorted(expected - present)}")
+        assert len(present) >= total // 2, summary(loaded)  # enough load for the residue checks to mean something
+        await asyncio.sleep(3)  # mid-call: media flowing to every subscriber
+        mid_call = await stats_now(nats_url)
+        print(f"mid-call: {summary(mid_call)}")
+
+        for process in processes:
+            kill(process)
+        killed_at = time.monotonic()
+        for process in processes:
+            await process.wait()
+
+        ok, after, took = await poll_stats(
+            nats_url, lambda s: s["sessions"] == baseline["sessions"] and not s["rooms"].get(room_name), 20)
+        print(f"sessions back to baseline {took:.1f}s after SIGKILL: {summary(after)}")
+        if not ok:
+            leaked = after["sessions"] - baseline["sessions"]
+            released = dev_server.log()[log_start:].count("never connected its transports; releasing it")
+            if not after["rooms"].get(room_name) and 0 < leaked <= released:
+                # Only the known leak and nothing else (test_bad_input.py::
+                # test_never_connected_client_leaves_no_residue pins it down).
+                pytest.xfail(f"server bug: {leaked} session(s) released by the 20 s never-connected deadline "
+                             f"({released} such releases under load) stay in MediaNode.sessions: {summary(after)}")
+        assert ok, summary(after)
+        ok, after, _ = await poll_stats(
+            nats_url, lambda s: s["open_peers"] == baseline["open_peers"] and s["tracks"] == baseline["tracks"]
+            and s["asyncio_tasks"] <= baseline["asyncio_tasks"] + 5, 30 - (time.monotonic() - killed_at))
+        print(f"peers/tasks settled {time.monotonic() - killed_at:.1f}s after SIGKILL: {summary(after)}")
+        assert ok, f"baseline {summary(baseline)} / now {summary(after)}"
+        growth = (after["rss_bytes"] - baseline["rss_bytes"]) / MB
+        print(f"RSS baseline {baseline['rss_bytes'] / MB:.0f}MB, peak-ish {mid_call['rss_bytes'] / MB:.0f}MB, "
+              f"after {after['rss_bytes'] / MB:.0f}MB (growth {growth:+.0f}MB)")
+        assert after["rss_bytes"] < baseline["rss_bytes"] + 150 * MB
+    finally:
+        for process in processes:
+            kill(process)
+            await process.wait()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "server bugs (see the e2e report): (1) Session.enqueue closes a participant once 256 signal frames are "
+    "pending, and a stock LiveKit SDK trickles 160-368 publisher candidates within ~2 s of publishing (8 "
+    "pre-BUNDLE transports x udp/tcp x v4/v6), so sessions get leave STATE_MISMATCH ('floods the signal "
+    "channel ({'trickle': 256} pending)'); (2) MediaPeer's send fast path keeps using a DatagramTransport "
+    "that aioice closed on consent expiry: sendto raises AttributeError(\"'NoneType' object has no "
+    "attribute 'call_exception_handler'\") out of publisher-rtcp and the session is closed STATE_MISMATCH; "
+    "(3) a busy media node misses 3 heartbeats of 500 ms, the room service declares it down and signal "
+    "tells every client to rejoin ('media node media-dc1-1 is down: N client(s) told to rejoin')"))
+async def test_twenty_participants_all_subscribe_to_each_other(dev_server: DevServer) -> None:
+    room_name, n = "scale-20", 20
+    identities = [f"p{i:02d}" for i in range(n)]
+    rooms = [rtc.Room() for _ in range(n)]
+    publishers: list[SyntheticPublisher] = []
+    nats_url = dev_nats_url(dev_server.log())
+    start = time.monotonic()
+    events: list[str] = []
+    for identity, room in zip(identities, rooms, strict=True):
+        for name in ("disconnected", "reconnecting", "reconnected"):
+            room.on(name, lambda *args, identity=identity, name=name: events.append(
+                f"{time.monotonic() - start:.1f}s {identity} {name} {args}"))
+    try:
+        for i in range(0, n, 5):
+            await asyncio.gather(*(rooms[j].connect(dev_server.url, dev_server.token(identities[j], room_name))
+                                   for j in range(i, i + 5)))
+        connected = time.monotonic() - start
+        publishers.extend(await asyncio.gather(*(publish_synthetic(room, video=False) for room in rooms)))
+        published = time.monotonic() - start
+
+        def missing() -> list[str]:
+            out = []
+            for identity, room in zip(identities, rooms, strict=True):
+                others = room.remote_participants
+                if set(others) != set(identities) - {identity}:
+                    out.append(f"{identity}: sees {len(others)} participants")
+                    continue
+                lacking = [p.identity for p in others.values() if not audio_subscribed(p)]
+                if lacking:
+                    out.append(f"{identity}: not subscribed to {lacking}")
+            return out
+
+        ok = await wait_for(lambda: not missing(), 60, interval=0.5)
+        elapsed = time.monotonic() - start
+        stats = await stats_now(nats_url)
+        done = f"all {n * (n - 1)} subscriptions in {elapsed:.1f}s" if ok else \
+            f"NOT all {n * (n - 1)} subscriptions after {elapsed:.1f}s"
+        print(f"\n20 participants: connected in {connected:.1f}s, published in {published:.1f}s, {done}; "
+              f"node: {summary(stats)}")
+        states = Counter(rtc.ConnectionState.Name(room.connection_state) for room in rooms)
+        if not ok:
+            print("missing:", *missing(), f"room states: {dict(states)}", "events:", *events, sep="\n  ")
+            print("server:", *[line for line in dev_server.log().splitlines()
+                               if "floods the signal" in line or "missed its heartbeats" in line
+                               or "call_exception_handler" in line][:12], sep="\n  ")
+        assert ok, f"{len(missing())} rooms incomplete; states {dict(states)}"
+        assert sorted(stats["rooms"][room_name]) == identities
+        assert stats["tracks"] >= n
+    finally:
+        for publisher in publishers:
+            await publisher.stop()
+        await asyncio.gather(*(room.disconnect() for room in rooms), return_exceptions=True)
