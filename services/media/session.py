@@ -79,7 +79,9 @@ class Session:
         self.subscriber = MediaPeer(role="subscriber", label=f"{self.sid}/sub")
         self._outbox: asyncio.Queue[tuple[bytes, str | None]] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop(), name=f"session-out-{self.sid}")
-        self._inbox: asyncio.Queue[bytes] = asyncio.Queue(256)
+        # Large enough for a libwebrtc client's candidate burst (hundreds of trickles while an
+        # offer is being answered); a client past this is not speaking the protocol.
+        self._inbox: asyncio.Queue[bytes] = asyncio.Queue(4096)
         self._reader = asyncio.create_task(self._read_loop(), name=f"session-in-{self.sid}")
         self._tasks: set[asyncio.Task[object]] = set()
         self._offer_id = 0
@@ -202,8 +204,8 @@ class Session:
         if send_leave:
             self._outbox.put_nowait((protocol.leave(reason, action).SerializeToString(), "leave"))
         self.closed = True
-        if self._connect_watch:
-            self._connect_watch.cancel()
+        if self._connect_watch and self._connect_watch is not asyncio.current_task():
+            self._connect_watch.cancel()  # (close() may run inside the watch itself)
         for task in list(self._tasks):
             task.cancel()
         if asyncio.current_task() is not self._reader:
@@ -300,8 +302,15 @@ class Session:
             candidate = json.loads(trickle.candidateInit)
         except json.JSONDecodeError:
             return
+        if isinstance(candidate, dict):
+            candidate = candidate.get("candidate")
+        if not isinstance(candidate, str) or not candidate:
+            return  # not a candidate: ignored, as LiveKit ignores it
         peer = self.publisher if trickle.target == rtc.SignalTarget.PUBLISHER else self.subscriber
-        await peer.add_remote_candidate(candidate)
+        try:
+            await peer.add_remote_candidate(candidate)
+        except ValueError:
+            log.debug("session %s: ignoring malformed candidate %r", self.sid, candidate[:100])
 
     async def _on_add_track(self, request: rtc.SignalRequest) -> None:
         add = request.add_track

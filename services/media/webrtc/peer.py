@@ -199,10 +199,13 @@ class OutgoingTrack:
             return False
         try:
             data = tx[0](packet)
+            tx[1](data, tx[2])
         except pylibsrtp.Error:
             peer.srtp_errors += 1
             return False
-        tx[1](data, tx[2])
+        except (AttributeError, OSError):
+            peer._transport_lost()
+            return False
         size = len(data)
         self.packets_sent += 1
         self.bytes_sent += size
@@ -572,10 +575,13 @@ class MediaPeer:
             return False
         try:
             data = tx[0](packet)
+            tx[1](data, tx[2])
         except pylibsrtp.Error:
             self.srtp_errors += 1
             return False
-        tx[1](data, tx[2])
+        except (AttributeError, OSError):
+            self._transport_lost()
+            return False
         self.packets_sent += 1
         self.bytes_sent += len(data)
         return True
@@ -587,13 +593,21 @@ class MediaPeer:
             return False
         try:
             data = tx[0](packet)
+            tx[1](data, tx[2])
         except pylibsrtp.Error:
             self.srtp_errors += 1
             return False
-        tx[1](data, tx[2])
+        except (AttributeError, OSError):
+            self._transport_lost()
+            return False
         self.packets_sent += 1
         self.bytes_sent += len(data)
         return True
+
+    def _transport_lost(self) -> None:
+        """aioice closed the socket under us (consent expired, ICE failed): stop using the
+        cached fast path; aiortc reports the state change and the session closes the peer."""
+        self._tx_rtp = self._tx_rtcp = None
 
     # ------------------------------------------------------------------ data channels
 
