@@ -16,6 +16,7 @@ import time
 from shared.bus import Bus
 from shared.config import Settings
 from shared.events import Envelope, NodeDown, NodeHeartbeat, NodeUp
+from shared.heartbeat import HeartbeatThread
 from shared.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -91,15 +92,19 @@ class Service:
             writer.close()
 
     async def _heartbeat_loop(self) -> None:
-        assert self.bus
-        subject = heartbeat_subject(self.settings.dc, self.name)
+        """Refreshes the load the heartbeat thread reports (the thread beats, this loop measures)."""
         interval = self.settings.heartbeat_ms / 1000
-        while True:
-            try:
-                await self.bus.publish(subject, self.envelope(self.heartbeat_load()).to_json())
-            except Exception as exc:  # the bus reconnects by itself; keep beating
-                log.debug("heartbeat not sent: %s", exc)
-            await asyncio.sleep(interval)
+        self._beat_payload = self.heartbeat_load()
+        self._beater = HeartbeatThread(
+            self.settings.nats_url, heartbeat_subject(self.settings.dc, self.name),
+            lambda: self.envelope(self._beat_payload).to_json(), interval, self.node_id)
+        self._beater.start()
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                self._beat_payload = self.heartbeat_load()
+        finally:
+            await asyncio.to_thread(self._beater.stop)
 
     async def stop(self) -> None:
         if self._metrics_server is not None:

