@@ -155,8 +155,8 @@ class Session:
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self.publisher.on_data = self._on_data
-        self.publisher.on_state = self._on_transport_state
-        self.subscriber.on_state = self._on_transport_state
+        self.publisher.on_state = lambda state: self._on_transport_state("publisher", state)
+        self.subscriber.on_state = lambda state: self._on_transport_state("subscriber", state)
         self.publisher.on_rtp_track = self.route_rtp
         self.publisher.on_rtcp = self._on_publisher_rtcp
         others = [s.bump() for s in self.room.visible_sessions(exclude=self.sid)]
@@ -188,13 +188,14 @@ class Session:
             log.info("session %s never connected its transports; releasing it", self.sid)
             await self.close(models.DisconnectReason.JOIN_FAILURE)
 
-    def _on_transport_state(self, state: str) -> None:
+    def _on_transport_state(self, which: str, state: str) -> None:
         if state == "connected" and not self.active:
             self.active = True
             self.info.state = models.ParticipantInfo.State.ACTIVE
             self.announce()
             self.node.participant_active(self)
         elif state in ("failed", "closed") and not self.closed:
+            log.warning("session %s: %s PeerConnection %s; closing the session", self.sid, which, state)
             background(self.close(models.DisconnectReason.CONNECTION_TIMEOUT))
 
     async def close(self, reason: int = models.DisconnectReason.CLIENT_INITIATED, send_leave: bool = True,

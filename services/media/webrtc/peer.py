@@ -413,7 +413,18 @@ class MediaPeer:
                 parsed = candidate_from_sdp(text.removeprefix("candidate:"))
             except (ValueError, IndexError, AssertionError) as exc:  # aiortc asserts the field count
                 raise ValueError(f"malformed ICE candidate {candidate!r}") from exc
-        await self._operation("add_remote_candidate", self._add_remote_candidate(parsed), time_limit)
+        # Unlike the other operations, a candidate that cannot be used (TCP, IPv6 we do not
+        # gather, one arriving while a long negotiation holds the lock) is dropped: a client
+        # trickles hundreds, and losing one must not close the PeerConnection.
+        if self._closed:
+            return
+        try:
+            async with asyncio.timeout(self.timeout if time_limit is None else time_limit):
+                async with self._lock:
+                    if not self._closed:
+                        await self._add_remote_candidate(parsed)
+        except Exception as exc:
+            logger.debug("%r: remote candidate %r dropped: %r", self, candidate, exc)
 
     async def _accept_offer(self, sdp: str) -> str:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
