@@ -196,7 +196,10 @@ class Session:
             self.node.participant_active(self)
         elif state in ("failed", "closed") and not self.closed:
             log.warning("session %s: %s PeerConnection %s; closing the session", self.sid, which, state)
-            background(self.close(models.DisconnectReason.CONNECTION_TIMEOUT))
+            # LiveKit answers a failed transport with leave{RESUME}; this node cannot ICE-restart
+            # yet, so the client is told to rejoin in full rather than to give up.
+            background(self.close(models.DisconnectReason.CONNECTION_TIMEOUT,
+                                  action=rtc.LeaveRequest.Action.RECONNECT))
 
     async def close(self, reason: int = models.DisconnectReason.CLIENT_INITIATED, send_leave: bool = True,
                     action: int = rtc.LeaveRequest.Action.DISCONNECT) -> None:
