@@ -61,6 +61,7 @@ class RoomService(Service):
             replayed += 1
         log.info("room state rebuilt from %d stored events (%d rooms)", replayed, len(self.registry.rooms))
         await self.bus.subscribe(heartbeat_subject(self.settings.dc, "media"), self._on_heartbeat)
+        self.bus.on_reconnect(lambda: self.placement.grace(time.time()))
         await self.bus.serve(room_request_subject(self.settings.dc, "join"), self._on_join)
         await self.bus.serve(room_request_subject(self.settings.dc, "api"), self._on_api, concurrency=8)
         self._consumer = await self.bus.consume(
@@ -181,6 +182,9 @@ class RoomService(Service):
             await asyncio.sleep(0.25)
             now = time.monotonic()
             late, last = now - last > 0.75, now
+            if not self.bus.is_connected:  # type: ignore[union-attr]
+                self.placement.grace(time.time())  # beats we cannot hear prove nothing
+                continue
             if late:
                 continue  # this loop stalled: beats may be queued unread, so judge nobody yet
             for node_id in self.placement.dead_nodes(time.time()):

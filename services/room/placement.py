@@ -35,6 +35,12 @@ class NodePlacement:
         self.reserved.pop(beat.node_id, None)
         return not known
 
+    def grace(self, now: float) -> None:
+        """Our own view went dark (bus outage): beats we could not hear prove nothing, so every
+        known node gets a fresh window instead of being declared down."""
+        for node in self.nodes.values():
+            node.last_seen = max(node.last_seen, now)
+
     def forget(self, node_id: str) -> None:
         self.nodes.pop(node_id, None)
         self.reserved.pop(node_id, None)
