@@ -581,25 +581,14 @@ class MediaPeer:
 
     def send_rtcp(self, packet: bytes) -> bool:
         """SRTCP-protect and send a plaintext (compound) RTCP packet now (PLI, NACK, RR, REMB)."""
-        tx = self._tx_rtcp
-        if tx is None:
-            return False
-        try:
-            data = tx[0](packet)
-            tx[1](data, tx[2])
-        except pylibsrtp.Error:
-            self.srtp_errors += 1
-            return False
-        except (AttributeError, OSError):
-            self._transport_lost()
-            return False
-        self.packets_sent += 1
-        self.bytes_sent += len(data)
-        return True
+        return self._send_now(self._tx_rtcp, packet)
 
     def send_rtp(self, packet: bytes) -> bool:
         """Send a plaintext RTP packet not tied to an :class:`OutgoingTrack`."""
-        tx = self._tx_rtp
+        return self._send_now(self._tx_rtp, packet)
+
+    def _send_now(self, tx: tuple[Callable[[bytes], bytes], Callable[..., None], tuple[str, int]] | None,
+                  packet: bytes) -> bool:
         if tx is None:
             return False
         try:
