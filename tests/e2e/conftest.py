@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from shared.control import NodeStats
-from shared.natsserver import free_port
+from shared.natsserver import _set_parent_death_signal, free_port
 
 API_KEY, API_SECRET = "devkey", "secret"
 
@@ -61,7 +61,8 @@ def start_dev_server(tmp: Path, *extra: str) -> DevServer:
     log_file = open(log_path, "wb")
     process = subprocess.Popen([sys.executable, "-m", "meshrtc", "dev", "--port", str(port), *extra],
                                stdout=log_file, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=tmp)
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=tmp,
+                               preexec_fn=_set_parent_death_signal)  # an aborted run leaves no server
     server = DevServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + 90  # generous: CI machines are small and busy
     while time.monotonic() < deadline:
