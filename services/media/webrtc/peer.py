@@ -193,25 +193,14 @@ class OutgoingTrack:
     def send_rtp(self, packet: bytes) -> bool:
         """SRTP-protect a fully rewritten plaintext RTP packet and send it now. Returns False
         when the transport is not connected (yet / any more) or the track was removed."""
-        peer = self._peer
-        tx = peer._tx_rtp
-        if tx is None or not self._active:
+        if not self._active:
             return False
-        try:
-            data = tx[0](packet)
-            tx[1](data, tx[2])
-        except pylibsrtp.Error:
-            peer.srtp_errors += 1
+        size = self._peer._send_now(self._peer._tx_rtp, packet)
+        if not size:
             return False
-        except (AttributeError, OSError):
-            peer._transport_lost()
-            return False
-        size = len(data)
         self.packets_sent += 1
         self.bytes_sent += size
         self.plaintext_bytes_sent += len(packet)
-        peer.packets_sent += 1
-        peer.bytes_sent += size
         return True
 
     def sync_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> None:
@@ -581,28 +570,29 @@ class MediaPeer:
 
     def send_rtcp(self, packet: bytes) -> bool:
         """SRTCP-protect and send a plaintext (compound) RTCP packet now (PLI, NACK, RR, REMB)."""
-        return self._send_now(self._tx_rtcp, packet)
+        return self._send_now(self._tx_rtcp, packet) > 0
 
     def send_rtp(self, packet: bytes) -> bool:
         """Send a plaintext RTP packet not tied to an :class:`OutgoingTrack`."""
-        return self._send_now(self._tx_rtp, packet)
+        return self._send_now(self._tx_rtp, packet) > 0
 
     def _send_now(self, tx: tuple[Callable[[bytes], bytes], Callable[..., None], tuple[str, int]] | None,
-                  packet: bytes) -> bool:
+                  packet: bytes) -> int:
+        """Protect and send; the wire size, or 0 when nothing was sent."""
         if tx is None:
-            return False
+            return 0
         try:
             data = tx[0](packet)
             tx[1](data, tx[2])
         except pylibsrtp.Error:
             self.srtp_errors += 1
-            return False
+            return 0
         except (AttributeError, OSError):
             self._transport_lost()
-            return False
+            return 0
         self.packets_sent += 1
         self.bytes_sent += len(data)
-        return True
+        return len(data)
 
     def _transport_lost(self) -> None:
         """aioice closed the socket under us (consent expired, ICE failed): stop using the
