@@ -370,3 +370,94 @@ class UsageRollup(EventPayload):
     packets: int = 0
     connection_ms: int = 0
     samples: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Telemetry (track analytics, docs/analytics.md). Published by media nodes every few seconds on
+# `telemetry.<dc>.<track|subscription>.<room-token>` (TELEMETRY_<DC>); counters named `*_total`
+# are cumulative since the track (or subscription) started, the rest describe the last interval.
+
+
+class LayerSwitchReason(StrEnum):
+    REQUESTED = "requested"  # the subscriber's UpdateTrackSettings (size, quality, pause)
+    CONGESTION = "congestion"  # the downstream bandwidth estimate moved it down
+    RECOVERED = "recovered"  # the congestion cleared and it moved back up
+    PUBLISHER = "publisher"  # the publisher stopped or resumed a layer (its bandwidth, dynacast)
+
+
+class LayerSwitch(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    at_ms: int  # unix ms of the decision (the forwarder then switches on the next keyframe)
+    from_layer: int
+    to_layer: int
+    reason: LayerSwitchReason
+
+
+class LayerStats(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    layer: int  # 0 q, 1 h, 2 f (0 for a non-simulcast track)
+    packets_per_s: float = 0.0
+    fps: float = 0.0
+    active: bool = True  # packets arrived within the last second
+
+
+@register
+class TrackTelemetry(EventPayload):
+    """A published track as this node receives it from its publisher."""
+
+    TYPE: ClassVar[str] = "telemetry.track"
+    project: str = ""
+    room: str
+    room_sid: str = ""
+    track_sid: str
+    participant_sid: str
+    identity: str = ""
+    kind: TrackKind
+    mime_type: str = ""
+    interval_ms: int
+    bytes_total: int = 0
+    packets_total: int = 0
+    frames_total: int = 0  # of the best layer received
+    bitrate_bps: float = 0.0
+    fps: float = 0.0  # of the best layer received
+    packet_loss: float = 0.0  # fraction 0..1 in the interval, worst layer
+    jitter_ms: float = 0.0  # worst layer
+    plis_total: int = 0  # keyframe requests sent to the publisher
+    layers: list[LayerStats] = []
+    dynacast_max_layer: int | None = None  # highest layer the publisher was told to send; None: all
+    subscribers: int = 0
+
+
+@register
+class SubscriptionTelemetry(EventPayload):
+    """One subscriber's leg of a track, as this node sends it and as the subscriber's receiver
+    reports tell us."""
+
+    TYPE: ClassVar[str] = "telemetry.subscription"
+    project: str = ""
+    room: str
+    room_sid: str = ""
+    track_sid: str
+    publisher_sid: str
+    participant_sid: str  # the subscriber
+    identity: str = ""
+    kind: TrackKind
+    interval_ms: int
+    bytes_total: int = 0  # RTP payload bytes (what a receiver's getStats counts as bytesReceived)
+    packets_total: int = 0
+    frames_total: int = 0
+    bitrate_bps: float = 0.0
+    fps: float = 0.0
+    packet_loss: float = 0.0  # fraction lost in the subscriber's last receiver report
+    jitter_ms: float = 0.0  # from the same report
+    rtt_ms: float = 0.0  # from LSR/DLSR of the same report
+    remb_bps: int = 0  # the subscriber's last REMB, 0 if it sends none
+    nacks_total: int = 0  # NACKed packets asked for by the subscriber
+    plis_total: int = 0
+    firs_total: int = 0
+    layer: int = -1  # layer being forwarded now (-1 none yet)
+    target_layer: int = -1  # layer the forwarder switches to on the next keyframe
+    requested_layer: int = -1  # what the subscriber asked for
+    bandwidth_cap: int = -1  # highest layer the bandwidth estimate allows
+    paused: bool = False
+    switches: list[LayerSwitch] = []  # decisions since the previous sample

@@ -68,6 +68,15 @@ def telemetry_subject(dc: str, kind: str) -> str:
     return f"telemetry.{check_dc(dc)}.{kind}"
 
 
+def telemetry_room_subject(dc: str, kind: str, room: str) -> str:
+    """telemetry.<dc>.<kind>.<room-token>: kind is `track` or `subscription` (docs/analytics.md)."""
+    return telemetry_subject(dc, f"{kind}.{encode_token(room)}")
+
+
+def telemetry_room_filter(dc: str, room: str) -> str:
+    return telemetry_subject(dc, f"*.{encode_token(room)}")
+
+
 # --- control (request/reply, core NATS, never persisted) ----------------------------------
 
 def room_request_subject(dc: str, method: str) -> str:

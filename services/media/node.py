@@ -11,6 +11,7 @@ import time
 
 from livekit.protocol import models, rtc
 
+from shared.bus import BusUnavailable
 from shared.config import Settings
 from shared.control import (
     Ack,
@@ -36,9 +37,10 @@ from shared.events import (
 )
 from shared.ids import new_track_sid
 from shared.service import Service
-from shared.subjects import media_node_subject, session_to_signal_subject, usage_subject
+from shared.subjects import media_node_subject, session_to_signal_subject, telemetry_room_subject, usage_subject
 from shared.tasks import background
 
+from .analytics import track_telemetry
 from .commands import CommandError, apply_command
 from .room import NodeRoom
 from .session import Session
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_HEADER = "Meshrtc-Close"
 USAGE_INTERVAL = 5.0  # seconds between usage samples
+TELEMETRY_INTERVAL = 3.0  # seconds between track analytics samples
 DRAIN_PACE = 1.0  # seconds between two participants moved off a draining node
 REASON_NAMES = {v: k for k, v in models.DisconnectReason.items()}
 
@@ -76,6 +79,7 @@ class MediaNode(Service):
         background(self._debug_loop(), "media-debug")
         background(self._room_loop(), "media-room-loop")
         background(self._usage_loop(), "media-usage")
+        background(self._telemetry_loop(), "media-telemetry")
 
     async def _usage_loop(self) -> None:
         while True:
@@ -90,6 +94,31 @@ class MediaNode(Service):
         for sample in session.usage.samples(int(time.time() * 1000), session.usage_totals()):
             env = self.envelope(sample, room=session.room.name)
             self.bus.publish_event_nowait(env, subject=usage_subject(self.settings.dc, session.room.name))
+
+    async def _telemetry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TELEMETRY_INTERVAL)
+            self.report_telemetry()
+
+    def report_telemetry(self) -> None:
+        """Track analytics of every track hosted here, on TELEMETRY_<DC> (docs/analytics.md).
+        Telemetry is the first thing dropped when the bus's outbox is full."""
+        assert self.bus
+        now = time.monotonic()
+        for room in list(self.rooms.values()):
+            for track in list(room.tracks.values()):
+                if not isinstance(track, PublishedTrack):
+                    continue  # tracks of other nodes are reported there
+                try:
+                    head, legs = track_telemetry(track, now)
+                    for kind, payload in [("track", head), *(("subscription", leg) for leg in legs)]:
+                        self.bus.publish_event_nowait(self.envelope(payload, room=room.name),
+                                                      subject=telemetry_room_subject(self.settings.dc, kind, room.name))
+                except BusUnavailable as exc:
+                    log.warning("telemetry dropped: %s", exc)
+                    return
+                except Exception:
+                    log.exception("track %s: telemetry failed", track.sid)
 
     async def _room_loop(self) -> None:
         """Speakers every 0.5 s, connection quality every 2 s, per hosted room."""

@@ -16,11 +16,13 @@ class ReceiveStats:
         "_expected_prior",
         "_last_sr_arrival",
         "_last_sr_ntp",
+        "_last_timestamp",
         "_max_seq",
         "_quality_mark",
         "_received_prior",
         "_transit",
         "clock_rate",
+        "frames",
         "jitter",
         "received",
         "ssrc",
@@ -33,6 +35,8 @@ class ReceiveStats:
         self._max_seq = first_seq
         self._cycles = 0
         self.received = 0
+        self.frames = 0  # distinct RTP timestamps seen (a video frame is one timestamp)
+        self._last_timestamp = -1
         self._expected_prior = 0
         self._received_prior = 0
         self._transit: int | None = None  # transit can be negative: no sign can mean 'unset'
@@ -43,6 +47,9 @@ class ReceiveStats:
 
     def update(self, seq: int, rtp_timestamp: int, arrival: float) -> None:
         self.received += 1
+        if rtp_timestamp != self._last_timestamp:
+            self.frames += 1
+            self._last_timestamp = rtp_timestamp
         delta = (seq - self._max_seq) & 0xFFFF
         if 0 < delta < 0x8000:
             if seq < self._max_seq:
@@ -62,6 +69,10 @@ class ReceiveStats:
     @property
     def extended_max(self) -> int:
         return self._cycles + self._max_seq
+
+    @property
+    def expected(self) -> int:
+        return self.extended_max - self._base_seq + 1
 
     def loss_since_last_call(self) -> float:
         """Loss fraction over the interval since the previous call (for connection quality,

@@ -13,6 +13,11 @@ from typing import TYPE_CHECKING
 
 from livekit.protocol import models
 
+from shared.events import LayerSwitchReason, TrackKind
+
+from .analytics import LegStats, TrackAnalytics
+from .bwe import BandwidthEstimator, rtt_from_report
+from .dynacast import NO_LAYER, Dynacast, quality_update
 from .receive_stats import ReceiveStats
 from .rtp import rtcp
 from .rtp.codecs import Codec, codec_from_mime
@@ -39,14 +44,34 @@ SERVER_SSRC = 1  # sender SSRC we put in RTCP feedback towards publishers
 class Subscription:
     """One subscriber's leg of a published track."""
 
-    __slots__ = ("down", "outgoing", "paused", "requested_layer", "session")
+    __slots__ = ("bwe", "down", "outgoing", "paused", "requested_layer", "session", "stats")
 
-    def __init__(self, session: Session, outgoing: OutgoingTrack) -> None:
+    def __init__(self, session: Session, outgoing: OutgoingTrack, top_layer: int = 2) -> None:
         self.session = session
         self.outgoing = outgoing
         self.down: DownTrack | None = None
-        self.requested_layer = 2
+        self.requested_layer = top_layer
         self.paused = False
+        self.bwe = BandwidthEstimator(top_layer=top_layer)
+        self.stats = LegStats()
+
+    # what analytics reads (analytics.LegCounters)
+    @property
+    def leg_key(self) -> str:
+        return self.session.sid
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.down.payload_bytes_sent if self.down is not None else 0
+
+    @property
+    def packets_sent(self) -> int:
+        return self.down.packets_sent if self.down is not None else 0
+
+    @property
+    def forwarding_layer(self) -> int:
+        down = self.down
+        return down.current_layer if down is not None and not down.paused and down.started else -1
 
 
 class PublishedTrack:
@@ -81,6 +106,9 @@ class PublishedTrack:
         self.packets_in = 0
         self.bytes_in = 0
         self.dropped_in = 0
+        self.plis_sent = 0
+        self.analytics = TrackAnalytics(TrackKind.AUDIO if self.kind == "audio" else TrackKind.VIDEO, self.clock_rate)
+        self.dynacast = Dynacast(self.layers) if self.kind == "video" and len(self.layers) > 1 else None
         self.closed = False
 
     # ---- receive hot path -----------------------------------------------------------------
@@ -131,17 +159,22 @@ class PublishedTrack:
         if ssrc is None:
             return
         self._last_pli[layer] = now
+        self.plis_sent += 1
         self.publisher.publisher.send_rtcp(rtcp.build_pli(SERVER_SSRC, ssrc))
 
     def tick(self, now: float) -> list[bytes]:
         """Periodic (not per packet): follow the layers the publisher really sends, and build the
         Receiver Report and REMB that go back to it."""
         if self.rids:
-            active = [layer for layer in self.layers if now - self._layer_seen[layer] < LAYER_IDLE]
+            active = self.active_layers(now)
             for sub in self._active:
-                target = self._effective_layer(sub, active)
-                if sub.down is not None and sub.down.target_layer != target:
-                    sub.down.target_layer = target
+                self._retarget(sub, LayerSwitchReason.PUBLISHER, active)
+        if self.dynacast is not None:
+            needed = [NO_LAYER if sub.paused else sub.requested_layer for sub in self._subs.values()]
+            max_layer = self.dynacast.update(needed, now)
+            if max_layer is not None:
+                self.publisher.send(quality_update(self.sid, self.info.mime_type, self.layers, max_layer))
+        self.analytics.accumulate(self.layer_streams(), ((sub.stats, sub.forwarding_layer) for sub in self._active))
         out: list[bytes] = []
         if self._stats:
             out.append(rtcp.build_rr(SERVER_SSRC, [stats.report_block() for stats in self._stats.values()]))
@@ -158,6 +191,18 @@ class PublishedTrack:
                 values = sub.down.translate_sender_report(packet.ssrc, packet.ntp, packet.rtp_timestamp)  # type: ignore[union-attr]
                 if values is not None:
                     sub.outgoing.sync_sender_report(*values)
+
+    def active_layers(self, now: float) -> list[int]:
+        """Simulcast layers with packets within LAYER_IDLE (all layers of a non-simulcast track)."""
+        if not self.rids:
+            return list(self.layers)
+        return [layer for layer in self.layers if now - self._layer_seen[layer] < LAYER_IDLE]
+
+    def layer_streams(self) -> dict[int, ReceiveStats]:
+        return {layer: self._stats[ssrc] for layer, ssrc in self._layer_ssrc.items() if ssrc in self._stats}
+
+    def subscriptions(self) -> list[Subscription]:
+        return list(self._subs.values())
 
     def loss(self) -> float:
         """Upstream loss since the previous call, worst stream of the track."""
@@ -192,8 +237,7 @@ class PublishedTrack:
         codec_name = "opus" if self.kind == "audio" else self.codec.name
         outgoing = session.subscriber.add_outgoing(
             self.kind, self.sid, f"{self.publisher.sid}|{self.sid}", codecs=[codec_name], rtx=False)
-        sub = Subscription(session, outgoing)
-        sub.requested_layer = self.top_layer
+        sub = Subscription(session, outgoing, self.top_layer)
         outgoing.on_rtcp = lambda data, sub=sub: self._on_subscriber_rtcp(sub, data)
         self._subs[session.sid] = sub
 
@@ -233,7 +277,7 @@ class PublishedTrack:
         sub.paused = disabled
         if sub.down is not None:
             sub.down.paused = disabled
-            sub.down.target_layer = self._effective_layer(sub)
+            self._retarget(sub, LayerSwitchReason.REQUESTED)
             if not disabled:
                 self.request_keyframe(sub.down.target_layer)
 
@@ -241,8 +285,17 @@ class PublishedTrack:
         """The best layer not above what the subscriber asked for, among those arriving (a
         publisher short of bandwidth stops its top layers; a subscriber must not starve)."""
         layers = active if active else self.layers
-        wanted = min(sub.requested_layer, self.top_layer)
+        wanted = min(sub.requested_layer, self.top_layer, sub.bwe.cap)
         return max((layer for layer in layers if layer <= wanted), default=min(layers))
+
+    def _retarget(self, sub: Subscription, reason: LayerSwitchReason, active: list[int] | None = None) -> None:
+        down = sub.down
+        if down is None:
+            return
+        target = self._effective_layer(sub, active if active is not None else self.active_layers(time.monotonic()))
+        if down.target_layer != target:
+            sub.stats.switched(down.target_layer, target, reason)
+            down.target_layer = target
 
     def _refresh(self) -> None:
         self._active = tuple(sub for sub in self._subs.values() if sub.down is not None)
@@ -257,8 +310,15 @@ class PublishedTrack:
             return
         for packet in packets:
             if isinstance(packet, rtcp.Pli | rtcp.Fir):
+                if isinstance(packet, rtcp.Pli):
+                    sub.stats.plis += 1
+                else:
+                    sub.stats.firs += 1
                 self.request_keyframe(down.target_layer)
+            elif isinstance(packet, rtcp.ReceiverReport | rtcp.SenderReport | rtcp.Remb):
+                self._on_subscriber_feedback(sub, packet)
             elif isinstance(packet, rtcp.Nack):
+                sub.stats.nacks += len(packet.seqs)
                 for out_seq in packet.seqs:
                     target = down.translate_nack(out_seq)
                     cache = self._caches.get(target.ssrc) if target else None
@@ -266,6 +326,24 @@ class PublishedTrack:
                     resent = down.rewrite_retransmission(cached, out_seq) if cached else None
                     if resent is not None:
                         sub.outgoing.send_rtp(resent)
+
+    def _on_subscriber_feedback(self, sub: Subscription,
+                                packet: rtcp.ReceiverReport | rtcp.SenderReport | rtcp.Remb) -> None:
+        """Receiver reports and REMB from a subscriber: its stats, and its bandwidth cap."""
+        now = time.monotonic()
+        before = sub.bwe.cap
+        if isinstance(packet, rtcp.Remb):
+            sub.stats.remb_bps = packet.bitrate
+            cap = sub.bwe.on_remb(packet.bitrate, sub.stats.sending_bps, now)
+        else:
+            block = next((b for b in packet.reports if b.ssrc == sub.outgoing.ssrc), None)
+            if block is None:
+                return
+            rtt = rtt_from_report(rtcp.ntp_middle(rtcp.ntp_from_seconds(time.time())), block.lsr, block.dlsr)
+            sub.stats.on_report(block, self.clock_rate, rtt)
+            cap = sub.bwe.on_report(block.fraction_lost / 256.0, rtt, now) if self.rids else None
+        if cap is not None and self.rids:
+            self._retarget(sub, LayerSwitchReason.CONGESTION if cap < before else LayerSwitchReason.RECOVERED)
 
     def close(self) -> None:
         self.closed = True
