@@ -173,6 +173,7 @@ class PublishedTrack:
             needed = [NO_LAYER if sub.paused else sub.requested_layer for sub in self._subs.values()]
             max_layer = self.dynacast.update(needed, now)
             if max_layer is not None:
+                log.info("track %s: dynacast keeps layers up to %d", self.sid, max_layer)
                 self.publisher.send(quality_update(self.sid, self.info.mime_type, self.layers, max_layer))
         self.analytics.accumulate(self.layer_streams(), ((sub.stats, sub.forwarding_layer) for sub in self._active))
         out: list[bytes] = []
@@ -272,7 +273,7 @@ class PublishedTrack:
             return
         if width or height:
             sub.requested_layer = select_layer(self._layer_info, width, height) if self._layer_info else self.top_layer
-        elif quality:
+        elif not disabled:  # no size: the (deprecated) quality decides, LOW being 0 (as LiveKit reads it)
             sub.requested_layer = layer_for_quality(quality, self.layers)
         sub.paused = disabled
         if sub.down is not None:
