@@ -76,6 +76,7 @@ class Settings:
     nats_connect_timeout: float = 10.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # 0: no separate /metrics listener (signal always serves /metrics)
+    telemetry_retention_s: int = 86400  # track analytics kept in SQL this long (docs/analytics.md)
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -131,6 +132,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         nats_connect_timeout=float(_int(env, "MESHRTC_NATS_CONNECT_TIMEOUT", 10)),
         metrics_host=env.get("MESHRTC_METRICS_HOST", "127.0.0.1"),
         metrics_port=_int(env, "MESHRTC_METRICS_PORT", 0),
+        telemetry_retention_s=_int(env, "MESHRTC_TELEMETRY_RETENTION", Settings.telemetry_retention_s),
     )
     from shared.subjects import check_dc
 
@@ -159,6 +161,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         "MESHRTC_LOG_LEVEL": settings.log_level,
         "MESHRTC_HEARTBEAT_MS": str(settings.heartbeat_ms),
         "MESHRTC_MEDIA_CAPACITY": str(settings.media_capacity),
+        "MESHRTC_TELEMETRY_RETENTION": str(settings.telemetry_retention_s),
     }
     if settings.rtc_port_min:
         env["MESHRTC_RTC_PORT_RANGE"] = f"{settings.rtc_port_min}-{settings.rtc_port_max}"

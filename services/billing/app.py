@@ -8,6 +8,9 @@ rollups for billing consumers, and answers the usage API.
   (row, revision), so a re-publish after a crash is deduplicated. On shutdown every row with
   unpublished changes is published at once. Late samples bump the revision and publish again.
 * Usage API: request/reply on `ctl.<dc>.billing.usage` (the signal edge's `GET /usage`).
+* Track analytics: a second durable consumer (`telemetry-<dc>`) stores TELEMETRY_<DC> samples
+  (`telemetry.TelemetryStore`), deletes those older than MESHRTC_TELEMETRY_RETENTION every
+  minute, and answers `ctl.<dc>.billing.room_stats` (the signal edge's `GET /stats/rooms/{room}`).
 """
 
 from __future__ import annotations
@@ -32,12 +35,14 @@ from shared.subjects import check_dc, rollup_subject, stream_name
 from .consumer import BatchConsumer
 from .protocol import MINUTE_MS, QueryError, UsageQuery, usage_request_subject
 from .store import ApplyResult, BillingStore, Rollup, make_billing_engine, now_ms, rollup_event_id
+from .telemetry import RoomStatsQuery, TelemetryStore, telemetry_filter, telemetry_request_subject
 
 log = logging.getLogger(__name__)
 
 CLOSE_DELAY = 70.0  # seconds after a minute's end before its rollup is published
 PUBLISH_INTERVAL = 5.0
 PUBLISH_CONCURRENCY = 64
+PRUNE_INTERVAL = 60.0  # seconds between two telemetry retention deletes
 
 
 class FastSample(NamedTuple):
@@ -109,7 +114,10 @@ class BillingService(Service):
         self.pricing = load_pricing(settings.pricing_file)  # a bad file fails before we connect
         self.store: BillingStore | None = None
         self.consumer: BatchConsumer | None = None
+        self.telemetry: TelemetryStore | None = None
+        self.telemetry_consumer: BatchConsumer | None = None
         self._publisher: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self._publish_lock = asyncio.Lock()
         # running totals, for logs, tests and the benchmark
         self.applied = 0
@@ -132,8 +140,13 @@ class BillingService(Service):
             filter_subject=usage_filter(self.settings.dc), batch=self.batch, ack_wait=self.ack_wait)
         await self.consumer.start()
         self._publisher = asyncio.create_task(self._publish_loop(), name="billing-rollups")
+        await self._start_telemetry()
 
     async def on_stop(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+        if self.telemetry_consumer is not None:
+            await self.telemetry_consumer.stop()
         if self._publisher is not None:
             self._publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -240,6 +253,54 @@ class BillingService(Service):
             return json.dumps({"error": str(exc), "status": 400}).encode()
         result = await asyncio.to_thread(self.store.usage, query)
         log.debug("billing: usage query %s answered in %.3fs", query, time.monotonic() - started)
+        return json.dumps(result, separators=(",", ":")).encode()
+
+
+    # ---- track analytics ------------------------------------------------------------------
+    async def _start_telemetry(self) -> None:
+        assert self.bus and self.store
+        self.telemetry = TelemetryStore(self.store.engine)
+        await asyncio.to_thread(self.telemetry.check_schema)
+        await self.bus.serve(telemetry_request_subject(self.settings.dc), self._on_room_stats, concurrency=4)
+        self.telemetry_consumer = BatchConsumer(
+            self.bus, stream_name("telemetry", self.settings.dc), f"telemetry-{self.settings.dc}",
+            self._on_telemetry_batch, filter_subject=telemetry_filter(self.settings.dc), batch=500,
+            ack_wait=self.ack_wait)
+        await self.telemetry_consumer.start()
+        self._pruner = asyncio.create_task(self._prune_loop(), name="telemetry-retention")
+
+    async def _on_telemetry_batch(self, msgs: list[Msg]) -> list[Msg]:
+        assert self.telemetry
+        envelopes: list[Envelope] = []
+        bad: list[Msg] = []
+        for msg in msgs:
+            try:
+                envelopes.append(Envelope.from_json(msg.data))
+            except EventDecodeError as exc:
+                log.warning("telemetry: dropping undecodable message on %s: %s", msg.subject, exc)
+                bad.append(msg)
+        await asyncio.to_thread(self.telemetry.insert, envelopes)
+        return bad
+
+    async def _prune_loop(self) -> None:
+        assert self.telemetry
+        while True:
+            try:
+                cutoff = now_ms() - self.settings.telemetry_retention_s * 1000
+                deleted = await asyncio.to_thread(self.telemetry.prune, cutoff)
+                if deleted:
+                    log.info("telemetry: %d sample(s) past retention deleted", deleted)
+            except Exception as exc:  # the database is down: next round
+                log.warning("telemetry: retention delete failed (%s: %s)", type(exc).__name__, exc)
+            await asyncio.sleep(PRUNE_INTERVAL)
+
+    async def _on_room_stats(self, data: bytes) -> bytes:
+        assert self.telemetry
+        try:
+            query = RoomStatsQuery.decode(data)
+        except ValueError as exc:
+            return json.dumps({"error": str(exc), "status": 400}).encode()
+        result = await asyncio.to_thread(self.telemetry.room_stats, query)
         return json.dumps(result, separators=(",", ":")).encode()
 
 

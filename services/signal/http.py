@@ -10,6 +10,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from services.billing.protocol import QueryError, query_from_params, usage_request_subject
+from services.billing.telemetry import MAX_WINDOW_S, RoomStatsQuery, telemetry_request_subject
+from shared.auth import Claims
 from shared.bus import BusTimeout, RemoteError
 
 from .admission import HttpError, authenticate
@@ -81,33 +83,60 @@ def build_app(service: SignalService) -> FastAPI:
             return PlainTextResponse(exc.message, status_code=exc.status, headers=CORS)
         return JSONResponse({"regions": service.region_list()}, headers={"Cache-Control": "max-age=30"})
 
-    @app.get("/usage")
-    async def usage(request: Request) -> Response:
-        """Metered usage from the billing service; needs a roomList token (any room of its API
-        key) or a roomAdmin one (its own room only)."""
+    def room_reader(request: Request, room: str | None) -> Claims | Response:
+        """The token's claims if it may read `room` (None: any room): a roomList grant covers
+        every room of its API key, a roomAdmin grant its own room only."""
         try:
             claims = authenticate(service.verifier, request.headers.get("authorization"), None)
         except HttpError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status, headers=CORS)
+        if claims.video.room_list:
+            return claims
+        if not claims.video.room_admin:
+            return JSONResponse({"error": "permissions denied: roomList or roomAdmin grant required"},
+                                status_code=403, headers=CORS)
+        if (room if room is not None else claims.video.room) != claims.video.room:
+            return JSONResponse({"error": f"permissions denied: token is for room {claims.video.room!r}"},
+                                status_code=403, headers=CORS)
+        return claims
+
+    async def ask_billing(subject: str, payload: bytes) -> Response:
+        assert service.bus is not None
+        try:
+            raw = await service.bus.request(subject, payload, timeout=15)
+        except (BusTimeout, RemoteError) as exc:
+            return JSONResponse({"error": f"billing service unavailable: {exc}"}, status_code=503, headers=CORS)
+        body = json.loads(raw)
+        return JSONResponse(body, status_code=int(body.get("status", 400)) if "error" in body else 200, headers=CORS)
+
+    @app.get("/usage")
+    async def usage(request: Request) -> Response:
+        """Metered usage from the billing service; needs a roomList token (any room of its API
+        key) or a roomAdmin one (its own room only)."""
         params = dict(request.query_params)
+        claims = room_reader(request, params.get("room"))
+        if isinstance(claims, Response):
+            return claims
         if not claims.video.room_list:
-            if not claims.video.room_admin:
-                return JSONResponse({"error": "permissions denied: roomList or roomAdmin grant required"},
-                                    status_code=403, headers=CORS)
-            if params.get("room", claims.video.room) != claims.video.room:
-                return JSONResponse({"error": f"permissions denied: token is for room {claims.video.room!r}"},
-                                    status_code=403, headers=CORS)
             params["room"] = claims.video.room
         try:
             query = query_from_params(params, claims.api_key)
         except QueryError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400, headers=CORS)
-        assert service.bus is not None
-        try:
-            raw = await service.bus.request(usage_request_subject(service.settings.dc), query.to_json(), timeout=15)
-        except (BusTimeout, RemoteError) as exc:
-            return JSONResponse({"error": f"billing service unavailable: {exc}"}, status_code=503, headers=CORS)
-        body = json.loads(raw)
-        return JSONResponse(body, status_code=int(body.get("status", 400)) if "error" in body else 200, headers=CORS)
+        return await ask_billing(usage_request_subject(service.settings.dc), query.to_json())
+
+    @app.get("/stats/rooms/{room}")
+    async def room_stats(request: Request, room: str) -> Response:
+        """Track analytics of a room (docs/analytics.md): the latest sample of every track and
+        subscription within `?window=` seconds (default 15), and the layer switches in it."""
+        claims = room_reader(request, room)
+        if isinstance(claims, Response):
+            return claims
+        window = request.query_params.get("window", "15")
+        if not window.isdigit() or not 1 <= int(window) <= MAX_WINDOW_S:
+            return JSONResponse({"error": f"window must be 1..{MAX_WINDOW_S} seconds, got {window!r}"},
+                                status_code=400, headers=CORS)
+        query = RoomStatsQuery(project=claims.api_key, room=room, window_s=int(window))
+        return await ask_billing(telemetry_request_subject(service.settings.dc), query.model_dump_json().encode())
 
     return app
