@@ -61,11 +61,12 @@ def http_url(url: str) -> str:
     return url if "://" in url else f"http://{url}"
 
 
-def _token(args: argparse.Namespace) -> str:
+def room_list_token(args: argparse.Namespace, identity: str = "meshrtc-usage") -> str:
+    """--token, else a short-lived roomList token minted from the configured credentials."""
     if args.token:
         return str(args.token)
     api_key, api_secret = _credentials(args)
-    claims = Claims(identity="meshrtc-usage", video=VideoGrant(room_list=True))
+    claims = Claims(identity=identity, video=VideoGrant(room_list=True))
     return mint_token(api_key, api_secret, claims, ttl=timedelta(minutes=10))
 
 
@@ -119,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
             "from": resolve_time(args.from_, "from"), "to": resolve_time(args.to, "to"),
             "max_rows": str(args.max_rows) if args.max_rows is not None else None,
         }.items() if v}
-        token = _token(args)
+        token = room_list_token(args)
         url = http_url(args.url or default_url()) + "/usage"
     except UsageError as exc:
         print(f"meshrtc usage: {exc}", file=sys.stderr)
