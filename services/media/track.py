@@ -294,8 +294,17 @@ class PublishedTrack:
         if down is None:
             return
         target = self._effective_layer(sub, active if active is not None else self.active_layers(time.monotonic()))
-        if down.target_layer != target:
-            sub.stats.switched(down.target_layer, target, reason)
+        if down.target_layer == target:
+            return
+        sub.stats.switched(down.target_layer, target, reason)
+        if reason is LayerSwitchReason.CONGESTION and 0 <= target < down.current_layer:
+            # Congested: the old layer stops now rather than at the new layer's keyframe, or
+            # that keyframe queues (and is lost) behind the very packets that overload the link.
+            down.paused = True
+            down.target_layer = target
+            down.paused = sub.paused
+            self.request_keyframe(target)
+        else:
             down.target_layer = target
 
     def _refresh(self) -> None:
@@ -322,6 +331,8 @@ class PublishedTrack:
                 sub.stats.nacks += len(packet.seqs)
                 for out_seq in packet.seqs:
                     target = down.translate_nack(out_seq)
+                    if target is not None and target.ssrc != down.source_ssrc:
+                        continue  # a layer we switched away from: its keyframe is coming, resends only add load
                     cache = self._caches.get(target.ssrc) if target else None
                     cached = cache.get(target.sequence) if cache and target else None
                     resent = down.rewrite_retransmission(cached, out_seq) if cached else None
@@ -344,6 +355,8 @@ class PublishedTrack:
             sub.stats.on_report(block, self.clock_rate, rtt)
             cap = sub.bwe.on_report(block.fraction_lost / 256.0, rtt, now) if self.rids else None
         if cap is not None and self.rids:
+            log.info("track %s -> %s: bandwidth cap %d -> %d (loss %.2f, rtt %.0f ms, remb %d)", self.sid,
+                     sub.session.identity, before, cap, sub.bwe.loss, sub.bwe.rtt_ms, sub.bwe.remb_bps)
             self._retarget(sub, LayerSwitchReason.CONGESTION if cap < before else LayerSwitchReason.RECOVERED)
 
     def close(self) -> None:

@@ -135,3 +135,34 @@ async def media_node_stats(nats_url: str, node_id: str = "media-dc1-1") -> dict[
     finally:
         await nc.close()
     return json.loads(reply.data)  # type: ignore[no-any-return]
+
+
+@dataclass
+class SyntheticVideo:
+    frames_sent: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+async def publish_synthetic_video(room: rtc.Room, width: int = 640, height: int = 360) -> SyntheticVideo:
+    """Publishes a moving colour pattern at 30 fps (simulcast, like a camera) from `room`."""
+    video = SyntheticVideo()
+    source = rtc.VideoSource(width, height)
+    track = rtc.LocalVideoTrack.create_video_track("synthetic", source)
+    await room.local_participant.publish_track(
+        track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True))
+    ys, xs = np.mgrid[0:height, 0:width]
+
+    async def pattern() -> None:
+        while True:
+            n = video.frames_sent
+            frame = np.empty((height, width, 4), dtype=np.uint8)
+            frame[..., 0] = (xs + n * 8) % 256
+            frame[..., 1] = (ys + n * 4) % 256
+            frame[..., 2] = ((xs // 40 + ys // 40 + n // 5) % 2) * 255
+            frame[..., 3] = 255
+            source.capture_frame(rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, frame.tobytes()))
+            video.frames_sent += 1
+            await asyncio.sleep(1 / 30)
+
+    video.task = asyncio.ensure_future(pattern())
+    return video

@@ -46,6 +46,8 @@ from livekit import api, rtc  # noqa: E402
 
 from shared.natsserver import free_port  # noqa: E402
 
+from .sdk_helpers import SyntheticVideo, publish_synthetic_video  # noqa: E402
+
 # Generous per-test limit: the first test also pays for npm ci + bundling + server start, which take
 # ~10 s on an idle 2-core box but several times that on a loaded one. A normal run takes ~1 min.
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.timeout(150),
@@ -341,37 +343,6 @@ async def test_browser_publishes_camera_and_mic_to_python(page_url: str, server:
     finally:
         await cancel_all(count.tasks)
         await receiver.disconnect()
-
-
-@dataclass
-class SyntheticVideo:
-    frames_sent: int = 0
-    task: asyncio.Task[None] | None = None
-
-
-async def publish_synthetic_video(room: rtc.Room, width: int = 640, height: int = 360) -> SyntheticVideo:
-    """Publishes a moving colour pattern at 30 fps (simulcast, like a camera) from `room`."""
-    video = SyntheticVideo()
-    source = rtc.VideoSource(width, height)
-    track = rtc.LocalVideoTrack.create_video_track("synthetic", source)
-    await room.local_participant.publish_track(
-        track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True))
-    ys, xs = np.mgrid[0:height, 0:width]
-
-    async def pattern() -> None:
-        while True:
-            n = video.frames_sent
-            frame = np.empty((height, width, 4), dtype=np.uint8)
-            frame[..., 0] = (xs + n * 8) % 256
-            frame[..., 1] = (ys + n * 4) % 256
-            frame[..., 2] = ((xs // 40 + ys // 40 + n // 5) % 2) * 255
-            frame[..., 3] = 255
-            source.capture_frame(rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, frame.tobytes()))
-            video.frames_sent += 1
-            await asyncio.sleep(1 / 30)
-
-    video.task = asyncio.ensure_future(pattern())
-    return video
 
 
 async def browser_decodes_remote_video(browser: Browser, video: SyntheticVideo, label: str, since: float,

@@ -10,15 +10,14 @@ import time
 import pytest
 from livekit import rtc
 
+from .sdk_helpers import SyntheticVideo, publish_synthetic_video
 from .test_browser import (  # noqa: F401 - fixtures are used by name
     JS_LOG_LEVEL,
     Server,
-    SyntheticVideo,
     bundle,
     cancel_all,
     chromium,
     page_url,
-    publish_synthetic_video,
     server,
 )
 
