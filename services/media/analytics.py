@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["RTP_HEADER_BYTES", "LegCounters", "LegStats", "TrackAnalytics", "TrackSample", "rate", "track_telemetry"]
 
 RTP_HEADER_BYTES = 12  # fixed header; what getStats leaves out of bytesReceived
+SENDING_SMOOTHING = 0.5  # weight of the newest tick (0.5 s) in a leg's sending rate
 MAX_SWITCHES = 50  # kept per leg between two samples (a flapping leg must not grow memory)
 
 
@@ -51,7 +52,8 @@ class LegStats:
     jitter_ms: float = 0.0
     rtt_ms: float = 0.0
     remb_bps: int = 0
-    sending_bps: float = 0.0  # payload bitrate we sent in the last sampled interval
+    sending_bps: float = 0.0  # payload bitrate we send, smoothed over the last second or so
+    sent_mark: int = -1  # payload bytes at the previous accumulate
     frames: int = 0  # frames of the forwarded layer while forwarding (credited each tick)
     switches: list[LayerSwitch] = field(default_factory=list)
 
@@ -110,20 +112,29 @@ class TrackAnalytics:
     _at: float = field(default_factory=time.monotonic)
     _bytes: int = 0
     _stream_marks: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # ssrc -> expected, received, frames
+    _accumulated_at: float = 0.0
     _credited: dict[int, int] = field(default_factory=dict)  # ssrc -> frames already credited to legs
     _leg_marks: dict[str, tuple[int, int]] = field(default_factory=dict)  # leg -> bytes, frames
 
-    def accumulate(self, streams: Mapping[int, ReceiveStats], legs: Iterable[tuple[LegStats, int]]) -> None:
-        """Credit each forwarding leg with the frames its layer produced since the last call.
-        `streams`: layer -> its stream; `legs`: (stats, layer being forwarded or -1)."""
+    def accumulate(self, now: float, streams: Mapping[int, ReceiveStats],
+                   legs: Iterable[tuple[LegStats, int, int]]) -> None:
+        """Credit each forwarding leg with the frames its layer produced since the last call,
+        and update its sending rate. `streams`: layer -> its stream; `legs`: (stats, layer being
+        forwarded or -1, payload bytes sent so far)."""
         fresh: dict[int, int] = {}
         for layer, stream in streams.items():
             before = self._credited.get(stream.ssrc, stream.frames)
             fresh[layer] = stream.frames - before
             self._credited[stream.ssrc] = stream.frames
-        for stats, layer in legs:
+        seconds = now - self._accumulated_at
+        self._accumulated_at = now
+        for stats, layer, sent in legs:
             if layer >= 0:
                 stats.frames += fresh.get(layer, 0)
+            if seconds > 0 and stats.sent_mark >= 0:
+                rate_now = rate(8 * (sent - stats.sent_mark), seconds)
+                stats.sending_bps += SENDING_SMOOTHING * (rate_now - stats.sending_bps)
+            stats.sent_mark = sent
 
     def snapshot(self, now: float, bytes_total: int, streams: Mapping[int, ReceiveStats], active: Iterable[int],
                  legs: Iterable[tuple[LegCounters, LegStats]]) -> TrackSample:
@@ -158,7 +169,6 @@ class TrackAnalytics:
             bytes0, frames0 = self._leg_marks.get(key, (0, 0))
             marks[key] = (sent, frames)
             leg_rates[key] = (rate(8 * (sent - bytes0), seconds), rate(frames - frames0, seconds))
-            stats.sending_bps = leg_rates[key][0]
         self._leg_marks = marks  # legs that ended are forgotten
         return TrackSample(interval_ms=int(seconds * 1000), bitrate_bps=round(bitrate, 1), fps=round(best_fps, 2),
                            frames_total=best_frames, packet_loss=round(worst_loss, 4),

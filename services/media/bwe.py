@@ -4,10 +4,15 @@ Inputs are what a subscriber's receiver tells us in RTCP: REMB (its own delay-ba
 when it sends one) and receiver reports (fraction lost, and the round trip from LSR/DLSR).
 Decisions, in order:
 
-* Congestion: loss above `LOSS_CONGESTED` in a report, or a REMB well below what we are
-  sending (the receiver's estimator saw overuse), moves the cap down one layer at once (at most
-  once per `DOWN_HOLD` seconds, so a burst of reports about the same congestion counts once).
-* Recovery: the cap goes back up one layer after `UP_HOLD` seconds of clear reports. A step up
+* Congestion: loss above `LOSS_CONGESTED` in a report, or a REMB that just fell sharply to well
+  below what we are sending (the receiver's estimator detected overuse: libwebrtc then drops its
+  estimate to 0.85x of what arrives), moves the cap down one layer at once (at most once per
+  `DOWN_HOLD` seconds, so a burst of reports about the same congestion counts once).
+* Recovery: the cap goes back up one layer after `UP_HOLD` seconds of reports with little loss.
+  A REMB is no gate here: after congestion a receiver's estimate climbs back far more slowly
+  than the link clears, and only sending more shows there is room. Nor is the round trip (the
+  sender reports the subscriber answers carry the publisher's timing, so LSR/DLSR over-estimate
+  it by up to a report interval). A step up
   that is followed by congestion within `UP_HOLD` doubles the hold for the next try (up to
   `UP_HOLD_MAX`), so a link that really is too small is not probed every few seconds.
 
@@ -31,6 +36,7 @@ DOWN_HOLD = 1.0  # seconds between two steps down
 UP_HOLD = 3.0  # seconds of clear reports before a step up
 UP_HOLD_MAX = 6.0  # two steps up stay within ~12 s of a link clearing
 REMB_OVERUSE = 0.7  # a REMB below this share of what we send means the receiver is overusing
+REMB_FALL = 0.85  # ... when it also fell below this share of the previous REMB (a fresh detection)
 
 
 @dataclass(slots=True)
@@ -54,8 +60,8 @@ class BandwidthEstimator:
     def on_remb(self, bitrate_bps: int, sending_bps: float, now: float) -> int | None:
         """A REMB from the subscriber, while we send it `sending_bps` on this track. Returns the
         new cap if it changed."""
-        self.remb_bps = bitrate_bps
-        if sending_bps > 0 and bitrate_bps < REMB_OVERUSE * sending_bps:
+        previous, self.remb_bps = self.remb_bps, bitrate_bps
+        if sending_bps > 0 and bitrate_bps < REMB_OVERUSE * sending_bps and bitrate_bps < REMB_FALL * previous:
             return self._down(now)
         return None
 

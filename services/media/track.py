@@ -175,7 +175,8 @@ class PublishedTrack:
             if max_layer is not None:
                 log.info("track %s: dynacast keeps layers up to %d", self.sid, max_layer)
                 self.publisher.send(quality_update(self.sid, self.info.mime_type, self.layers, max_layer))
-        self.analytics.accumulate(self.layer_streams(), ((sub.stats, sub.forwarding_layer) for sub in self._active))
+        self.analytics.accumulate(now, self.layer_streams(),
+                                  ((sub.stats, sub.forwarding_layer, sub.bytes_sent) for sub in self._active))
         out: list[bytes] = []
         if self._stats:
             out.append(rtcp.build_rr(SERVER_SSRC, [stats.report_block() for stats in self._stats.values()]))

@@ -162,7 +162,7 @@ class DownTrack:
         extensions: ExtensionRewriter | None = None,
         *,
         target_layer: int = 0,
-        max_epochs: int = 8,
+        max_epochs: int = 32,  # layer switches and padding skips whose packets NACKs can still reach
     ) -> None:
         if not 0 <= ssrc <= 0xFFFFFFFF:
             raise ValueError("ssrc out of range")
@@ -292,6 +292,13 @@ class DownTrack:
             high = self._src_high
             if ((seq - high) & 0xFFFF) < 0x8000:
                 newest = True
+                if src.payload_start == src.payload_end and self.codec.is_video:
+                    # Padding only (a publisher's bandwidth probe): not for subscribers, whose
+                    # links it would fill. Later packets move up one, so they see no gap.
+                    self._src_high = seq
+                    self._skip_one()
+                    self.packets_dropped += 1
+                    return None
             else:
                 newest = False
                 # Late packet: drop it if it predates this epoch's first packet.
@@ -330,6 +337,20 @@ class DownTrack:
         self.bytes_sent += len(buf)
         self.payload_bytes_sent += src.payload_end - src.payload_start
         return bytes(buf)
+
+    def _skip_one(self) -> None:
+        """The current stream loses one sequence number from here on: a new epoch entry (same
+        stream, offset one less) keeps NACKs of earlier packets translating exactly."""
+        self._seq_offset = (self._seq_offset - 1) & 0xFFFF
+        next_out = (self._last_seq + 1) & 0xFFFF
+        last = self._epochs[-1]
+        if last.out_start == next_out and last.ssrc == self._src_ssrc:
+            last.seq_offset = self._seq_offset  # nothing sent since the previous skip
+            return
+        self._epochs.append(_Epoch(last.layer, self._src_ssrc, next_out, self._seq_offset, self._ts_offset,
+                                   self._pid_offset, self._tl0_offset))
+        if len(self._epochs) > self._max_epochs:
+            del self._epochs[0]
 
     def _replaced(self, ssrc: int) -> bool:
         layer = self.current_layer

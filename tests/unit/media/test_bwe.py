@@ -48,9 +48,19 @@ def test_a_step_up_that_does_not_fit_lengthens_the_next_wait() -> None:
 def test_remb_well_below_the_sending_rate_is_congestion() -> None:
     est = BandwidthEstimator(top_layer=2)
     assert est.on_remb(1_500_000, 1_200_000, 0.0) is None
-    assert est.on_remb(400_000, 1_200_000, 1.0) == 1
+    assert est.on_remb(400_000, 1_200_000, 1.0) == 1  # fell sharply, far under what it gets
     assert est.remb_bps == 400_000
-    assert est.on_remb(400_000, 0, 5.0) is None  # nothing sent: no opinion
+    assert est.on_remb(300_000, 0, 5.0) is None  # nothing sent: no opinion
+
+
+def test_a_low_remb_that_climbs_back_does_not_hold_the_cap_down() -> None:
+    # after congestion a receiver's estimate recovers slowly; it must not undo each step up
+    est = BandwidthEstimator(top_layer=2, cap=0)
+    est.on_remb(40_000, 100_000, 0.0)
+    for t in range(1, 8):
+        est.on_remb(40_000 + 1000 * t, 500_000, float(t))  # low, but rising: no fresh overuse
+        est.on_report(0.0, None, float(t))
+    assert est.cap == 2
 
 
 def test_rtt_from_lsr_and_dlsr() -> None:
