@@ -34,7 +34,7 @@ LOSS_CONGESTED = 0.10  # fraction lost in one receiver report that means "too mu
 LOSS_CLEAR = 0.02  # at or below this a report counts as clear
 DOWN_HOLD = 1.0  # seconds between two steps down
 UP_HOLD = 3.0  # seconds of clear reports before a step up
-UP_HOLD_MAX = 6.0  # two steps up stay within ~12 s of a link clearing
+UP_HOLD_MAX = 6.0  # after failed probes; a step up that holds brings the next hold back to UP_HOLD
 REMB_OVERUSE = 0.7  # a REMB below this share of what we send means the receiver is overusing
 REMB_FALL = 0.85  # ... when it also fell below this share of the previous REMB (a fresh detection)
 
@@ -96,6 +96,8 @@ class BandwidthEstimator:
         if self._clear_since is None:
             self._clear_since = now
             return None
+        if self._last_up > self._last_down:
+            self.up_hold = UP_HOLD  # the previous step up held: the link has room again
         if now - self._clear_since < self.up_hold:
             return None
         self._clear_since = now  # the next step needs its own clear period

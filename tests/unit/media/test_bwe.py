@@ -43,6 +43,10 @@ def test_a_step_up_that_does_not_fit_lengthens_the_next_wait() -> None:
     assert est.on_report(0.0, None, start + bwe.UP_HOLD) is None
     assert est.on_report(0.0, None, start + est.up_hold) == 1
     assert est.up_hold <= bwe.UP_HOLD_MAX
+    # that step held (no congestion after it): the next one waits the normal hold again
+    step = start + est.up_hold
+    assert est.on_report(0.0, None, step + bwe.UP_HOLD) == 2
+    assert est.up_hold == bwe.UP_HOLD
 
 
 def test_remb_well_below_the_sending_rate_is_congestion() -> None:
