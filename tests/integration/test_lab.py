@@ -58,6 +58,15 @@ def test_every_dc_serves_signal_from_the_root_namespace_and_from_inside_its_own(
         assert inside.stdout.strip() == "200", inside.stderr
 
 
+def test_sdk_participants_inside_a_dc_namespace_hear_each_other(lab: RunningLab) -> None:
+    """What the multi-DC tests build on: LiveKit SDK clients run inside a DC and use its URL."""
+    script = Path(__file__).resolve().parent.parent / "support" / "lab_sdk_probe.py"
+    done = lab.run_in("dc2", [sys.executable, str(script), lab.url("dc2"), lab.token("alice", "lab-smoke"),
+                              lab.token("bob", "lab-smoke"), "30"], timeout=90)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr[-2000:]}\n{lab.log_tail('dc2')}"
+    assert json.loads(done.stdout.strip().splitlines()[-1])["frames"] >= 50
+
+
 def test_spokes_have_their_leafnode_to_the_hub(lab: RunningLab) -> None:
     assert sorted(runner.leafnode_remotes(lab.plan, "dc1") or []) == ["dc2", "dc3"]
     for spoke in ("dc2", "dc3"):

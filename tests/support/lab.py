@@ -68,6 +68,14 @@ class RunningLab:
     def http_url(self, dc: str) -> str:
         return self.plan.url(dc).replace("ws://", "http://", 1)
 
+    def token(self, identity: str, room: str, **grants: object) -> str:
+        """An access token every DC of the lab accepts (they share the dev API key)."""
+        from livekit import api
+
+        video = api.VideoGrants(room_join=True, room=room, **grants)  # type: ignore[arg-type]
+        return api.AccessToken(self.api_key, self.api_secret).with_identity(identity).with_name(identity) \
+            .with_grants(video).to_jwt()
+
     def mgmt_ip(self, dc: str) -> str:
         return self.plan.mgmt(dc).dc_end.ip
 
