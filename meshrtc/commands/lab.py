@@ -157,6 +157,9 @@ def _status(args: argparse.Namespace, plan: LabPlan, state: LabState, state_dir:
     print(f"lab {plan.name} (slot {plan.slot}, {state.emulator})")
     for row in link_rows:
         print(f"  link {row.name:<10} {row.state:<9} delay {row.delay_ms} ms  loss {row.loss_percent:g}%")
+    if not state.services:
+        print("  no services (built with --network-only)")
+        return 0
     for info in dcs:
         leafs = info["leafnodes"]
         leaf_text = "-" if leafs is None else (",".join(leafs) or "none")
