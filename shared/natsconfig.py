@@ -50,14 +50,15 @@ def dc_nats_config(
     hub_leaf_url: str | None = None,
     ping_interval: str = "2s",
     ping_max: int = 2,
-    leaf_advertise: str | None = None,
+    leaf_no_advertise: bool = False,
 ) -> str:
     """The nats-server config text for datacenter `dc`.
 
     `leaf_port`: this DC is the hub and accepts leafnodes on host:leaf_port.
     `hub_leaf_url`: this DC is a spoke and solicits a leafnode to the hub ("nats-leaf://host:port").
-    `leaf_advertise` ("host:port"): the leafnode address the hub tells spokes to use instead of its own
-    (only for a proxy in front of the hub: otherwise spokes learn the real address and bypass it).
+    `leaf_no_advertise`: the hub does not tell spokes its own leafnode address, so they only ever
+    dial their configured URL (set it when a proxy sits in front of the hub: otherwise spokes learn
+    the real address and bypass the proxy).
     `ping_interval`/`ping_max` decide how fast a dead link is noticed (~interval x (max + 1)).
     """
     check_dc(dc)
@@ -101,8 +102,8 @@ def dc_nats_config(
     ]
     if leaf_port is not None:
         lines += ["", "leafnodes {", f'  listen: "{host}:{leaf_port}"']
-        if leaf_advertise:
-            lines.append(f'  advertise: "{leaf_advertise}"')
+        if leaf_no_advertise:
+            lines.append("  no_advertise: true")
         lines += ['  reconnect: "1s"', "}"]
     elif hub_leaf_url is not None:
         url = _leaf_url_with_credentials(hub_leaf_url)
