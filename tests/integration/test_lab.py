@@ -67,6 +67,31 @@ def test_sdk_participants_inside_a_dc_namespace_hear_each_other(lab: RunningLab)
     assert json.loads(done.stdout.strip().splitlines()[-1])["frames"] >= 50
 
 
+def test_events_of_a_spoke_reach_the_other_dcs_replicas(lab: RunningLab) -> None:
+    """dev's multi-DC wiring end to end: dc2's events (its room service's, from the SDK test or
+    from this one's join) are sourced into REPLICA_<DC> of dc1 and dc3 over the leafnodes."""
+    import asyncio
+
+    import nats
+
+    from shared.replication import replica_stream
+
+    script = Path(__file__).resolve().parent.parent / "support" / "lab_sdk_probe.py"
+    lab.run_in("dc2", [sys.executable, str(script), lab.url("dc2"), lab.token("carol", "lab-replication"),
+                       lab.token("dave", "lab-replication"), "30"], timeout=90)
+
+    async def dc2_subjects_in(dc: str) -> dict[str, int]:
+        client = await nats.connect(lab.nats_url(dc), connect_timeout=5)
+        try:
+            info = await client.jetstream().stream_info(replica_stream(dc), subjects_filter="events.dc2.>")
+            return dict(info.state.subjects or {})
+        finally:
+            await client.close()
+
+    for dc in ("dc1", "dc3"):
+        assert _wait_for(lambda dc=dc: bool(asyncio.run(dc2_subjects_in(dc))), timeout=30), dc
+
+
 def test_spokes_have_their_leafnode_to_the_hub(lab: RunningLab) -> None:
     assert sorted(runner.leafnode_remotes(lab.plan, "dc1") or []) == ["dc2", "dc3"]
     for spoke in ("dc2", "dc3"):
