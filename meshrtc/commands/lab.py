@@ -150,11 +150,15 @@ def _status(args: argparse.Namespace, plan: LabPlan, state: LabState, state_dir:
             "signal": runner.signal_answers(plan, dc) if state.services else None,
             "leafnodes": runner.leafnode_remotes(plan, dc) if state.services else None,
         })
+    wire_alive = bool(state.wire_pid) and netns.pid_alive(state.wire_pid or 0)
     if args.json:
         print(json.dumps({"name": plan.name, "slot": plan.slot, "emulator": state.emulator,
+                          "wire_alive": wire_alive if state.emulator == "wire" else None,
                           "links": [asdict(row) for row in link_rows], "datacenters": dcs}, indent=2))
         return 0
-    print(f"lab {plan.name} (slot {plan.slot}, {state.emulator})")
+    wire_text = "" if state.emulator != "wire" else (", emulator alive" if wire_alive else
+                                                     ", EMULATOR DEAD: every link is down")
+    print(f"lab {plan.name} (slot {plan.slot}, {state.emulator}{wire_text})")
     for row in link_rows:
         print(f"  link {row.name:<10} {row.state:<9} delay {row.delay_ms} ms  loss {row.loss_percent:g}%")
     if not state.services:
