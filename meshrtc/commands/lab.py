@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="link emulation: kernel tc netem, or the userspace `wire` (default: netem if the kernel "
                          "has it)")
     up.add_argument("--network-only", action="store_true", help="build the network, start no services")
+    up.add_argument("--media-nodes", type=int, default=1, help="media processes per DC (default 1)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for every DC to be ready")
     up.add_argument("--dry-run", action="store_true", help="print the network commands, change nothing")
 
@@ -127,7 +128,8 @@ def _up(args: argparse.Namespace, state_dir: StateDir) -> int:
     if emulator == "auto":
         emulator = "netem" if netns.netem_available() else "wire"
     plan, state = runner.up(state_dir, args.datacenters, name=args.name, slot=args.slot, delays_ms=delays,
-                            emulator=emulator, services=not args.network_only, ready_timeout=args.timeout)
+                            emulator=emulator, services=not args.network_only, media_nodes=args.media_nodes,
+                            ready_timeout=args.timeout)
     print(f"lab {plan.name}: up (slot {plan.slot}, links emulated by {emulator}; state in {state_dir.path})")
     for dc in plan.datacenters:
         print(f"  {dc}: namespace {plan.namespace(dc)}  URL {plan.url(dc)}  NATS {plan.nats_url(dc)}"

@@ -158,6 +158,7 @@ def running_lab(
     services: bool = True,
     delays_ms: dict[tuple[str, str], int] | None = None,
     emulator: Emulator | None = None,
+    media_nodes: int = 1,
     ready_timeout: float = 240.0,
 ) -> Iterator[RunningLab]:
     """A lab that exists only inside the `with` block. Its DC logs are copied to
@@ -175,7 +176,8 @@ def running_lab(
     atexit.register(teardown)
     try:
         plan, state = runner.up(state_dir, datacenters, name=name, slot=None, delays_ms=delays_ms or {},
-                                emulator=chosen, services=services, ready_timeout=ready_timeout, say=lambda _: None)
+                                emulator=chosen, services=services, media_nodes=media_nodes,
+                                ready_timeout=ready_timeout, say=lambda _: None)
         yield RunningLab(plan, state, state_dir)
     finally:
         teardown()
