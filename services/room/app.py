@@ -170,11 +170,11 @@ class RoomService(Service):
 
     async def _on_event(self, env: Envelope, meta: MsgMeta) -> None:
         self.registry.apply(env)
+        if isinstance(env.payload, ParticipantJoined):
+            self.admissions.joined(env.payload.sid)  # now a participant: no longer counted as pending too
         assert self.store
         await asyncio.to_thread(self.store.append, env)
-        if isinstance(env.payload, ParticipantJoined):
-            self.admissions.joined(env.payload.sid)
-        elif isinstance(env.payload, NodeDown) and env.payload.service == "media":
+        if isinstance(env.payload, NodeDown) and env.payload.service == "media":
             if env.payload.dc == self.settings.dc:  # each DC migrates the participants of its own nodes
                 await self._node_lost(env)
         elif isinstance(env.payload, ParticipantEvictRequested) and env.payload.dc == self.settings.dc:
