@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import time
 
@@ -37,6 +36,7 @@ from shared.ids import derived_event_id
 from shared.replication import SourceKicker, replica_stream
 from shared.service import Service, heartbeat_subject
 from shared.subjects import media_node_subject, room_request_subject
+from shared.tasks import cancel_and_wait
 
 from .admission import Admissions
 from .api import ApiError, RoomApi, b64
@@ -104,9 +104,7 @@ class RoomService(Service):
         for worker in self.webhooks:
             await worker.stop()
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._consumer is not None:
             await self._consumer.stop()
 

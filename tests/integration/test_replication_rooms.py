@@ -11,65 +11,33 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from livekit import api
 from livekit.protocol import models
-from livekit.protocol.webhook import WebhookEvent
 
 from services.room.app import RoomService
 from shared.config import Settings
 from shared.control import CommandResult, JoinAdmission, JoinRequest, MediaCommand
 from shared.db import upgrade
 from shared.events import Envelope, NodeHeartbeat, ParticipantActive, ParticipantJoined, ParticipantLeft
-from shared.natsserver import free_port
 from shared.service import heartbeat_subject
 from shared.subjects import media_node_subject, room_request_subject
+from tests.e2e.conftest import API_KEY, API_SECRET
+from tests.e2e.test_webhooks import Receiver
 from tests.support.mesh import Mesh, run_mesh
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.filterwarnings("ignore:.*HMAC key.*")]
 
 DCS = ["dc1", "dc2"]
-API_KEY, API_SECRET = "devkey", "secret-secret-secret-secret-secret"
 
 
-async def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
-
-class Receiver:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        self.verifier = api.WebhookReceiver(api.TokenVerifier(API_KEY, API_SECRET))
-        self.events: list[WebhookEvent] = []
-        self._runner: web.AppRunner | None = None
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        self.events.append(self.verifier.receive(await request.text(), request.headers.get("Authorization", "")))
-        return web.Response(text="ok")
-
-    async def up(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def down(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def of(self, room: str) -> list[tuple[str, str]]:
-        return [(e.event, e.participant.identity) for e in self.events if e.room.name == room]
+def sent_to(receiver: Receiver, room: str) -> list[tuple[str, str]]:
+    return [(e.event, e.participant.identity) for e in receiver.events if e.room.name == room]
 
 
 @dataclass
@@ -219,11 +187,11 @@ async def test_a_room_spanning_two_dcs(two_dcs: TwoDcs) -> None:
         await wait_until(lambda dc=dc: room not in dcs.rooms[dc].registry.rooms, 10, f"{dc} to finish the room")
 
     # each webhook exactly once across both DCs' senders
-    await wait_until(lambda: ("room_finished", "") in dcs.receiver.of(room), 15, "room_finished")
+    await wait_until(lambda: ("room_finished", "") in sent_to(dcs.receiver, room), 15, "room_finished")
     await asyncio.sleep(1.5)  # a doubled webhook would arrive by now
     ids = Counter(e.id for e in dcs.receiver.events)
     assert [i for i, n in ids.items() if n > 1] == []
-    sent = Counter(dcs.receiver.of(room))
+    sent = Counter(sent_to(dcs.receiver, room))
     assert sent == Counter({
         ("room_started", ""): 1, ("room_finished", ""): 1,
         ("participant_joined", "alice"): 2, ("participant_joined", "bob"): 1, ("participant_joined", "carol"): 1,
