@@ -199,18 +199,18 @@ def wait_ready(plan: LabPlan, state: LabState, state_dir: StateDir, timeout: flo
         for dc in list(waiting):
             pid = state.dc_pids.get(dc)
             if pid is not None and not netns.pid_alive(pid):
-                raise LabError(f"{dc}: meshrtc dev exited:\n{_log_tail(state_dir, dc)}")
+                raise LabError(f"{dc}: meshrtc dev exited:\n{log_tail(state_dir, dc)}")
             leafs_ok = dc == plan.hub or bool(leafnode_remotes(plan, dc))
             if leafs_ok and signal_answers(plan, dc):
                 waiting.remove(dc)
         if waiting and time.monotonic() > deadline:
-            tails = "\n".join(f"--- {dc} ---\n{_log_tail(state_dir, dc)}" for dc in waiting)
+            tails = "\n".join(f"--- {dc} ---\n{log_tail(state_dir, dc)}" for dc in waiting)
             raise LabError(f"not ready within {timeout:.0f} s: {', '.join(waiting)}\n{tails}")
         if waiting:
             time.sleep(0.5)
 
 
-def _log_tail(state_dir: StateDir, dc: str, lines: int = 20) -> str:
+def log_tail(state_dir: StateDir, dc: str, lines: int = 20) -> str:
     """The end of a DC's log, for errors: `up` removes the lab (logs included) when it fails."""
     try:
         return "\n".join(state_dir.log_file(dc).read_text(errors="replace").splitlines()[-lines:])

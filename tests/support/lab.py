@@ -133,10 +133,7 @@ class RunningLab:
         return self.ping_ip(a, self.link_ip(b, a), **kwargs)
 
     def log_tail(self, dc: str, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path(dc).read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return runner.log_tail(self.state_dir, dc, lines)
 
 
 def remove_stale_labs() -> None:
