@@ -162,7 +162,11 @@ def _status(args: argparse.Namespace, plan: LabPlan, state: LabState, state_dir:
                                                      ", EMULATOR DEAD: every link is down")
     print(f"lab {plan.name} (slot {plan.slot}, {state.emulator}{wire_text})")
     for row in link_rows:
-        print(f"  link {row.name:<10} {row.state:<9} delay {row.delay_ms} ms  loss {row.loss_percent:g}%")
+        counted = ""
+        if row.frames:
+            totals = {key: sum(d[key] for d in row.frames.values()) for key in ("passed", "lost", "overflowed")}
+            counted = f"  frames {totals['passed']} passed, {totals['lost']} lost, {totals['overflowed']} overflowed"
+        print(f"  link {row.name:<10} {row.state:<9} delay {row.delay_ms} ms  loss {row.loss_percent:g}%{counted}")
     if not state.services:
         print("  no services (built with --network-only)")
         return 0

@@ -55,10 +55,12 @@ class LinkStatus:
     state: str  # "up", "down", "half-down" (one end only), "missing"
     delay_ms: int
     loss_percent: float
+    frames: dict[str, dict[str, int]] | None = None  # wire emulator counters per direction
 
 
 def link_status(plan: LabPlan, state_dir: StateDir) -> list[LinkStatus]:
     shapes = state_dir.load_links()
+    frames = state_dir.load_wire_stats()
     result = []
     for link in plan.links:
         ends = [netns.device_state(end) for end in (link.a, link.b)]
@@ -71,5 +73,5 @@ def link_status(plan: LabPlan, state_dir: StateDir) -> list[LinkStatus]:
         else:
             text = "half-down"
         shape = shapes.get(link.name, LinkShape(delay_ms=link.delay_ms))
-        result.append(LinkStatus(link.name, text, shape.delay_ms, shape.loss_percent))
+        result.append(LinkStatus(link.name, text, shape.delay_ms, shape.loss_percent, frames.get(link.name)))
     return result

@@ -28,8 +28,9 @@ class Direction:
         self._queue: list[tuple[float, int, bytes]] = []
         self._seq = 0  # keeps frames with equal deadlines in arrival order
         self.passed = 0
-        self.lost = 0
-        self.overflowed = 0
+        self.lost = 0  # dropped by the configured loss
+        self.overflowed = 0  # dropped because the queue was full
+        self.undeliverable = 0  # released, but the far end would not take it (a cut link)
 
     def offer(self, frame: bytes, now: float, shape: Shape) -> bool:
         """Queue `frame` unless loss or a full queue drops it (it then only counts)."""
@@ -52,6 +53,10 @@ class Direction:
 
     def next_deadline(self) -> float | None:
         return self._queue[0][0] if self._queue else None
+
+    def counters(self) -> dict[str, int]:
+        return {"passed": self.passed, "lost": self.lost, "overflowed": self.overflowed,
+                "undeliverable": self.undeliverable}
 
     def __len__(self) -> int:
         return len(self._queue)

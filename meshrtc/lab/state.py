@@ -63,6 +63,10 @@ class StateDir:
         return self.path / "links.json"
 
     @property
+    def wire_stats_file(self) -> Path:
+        return self.path / "wire-stats.json"
+
+    @property
     def wire_ready_file(self) -> Path:
         return self.path / "wire.ready"
 
@@ -103,9 +107,20 @@ class StateDir:
         self.path.mkdir(parents=True, exist_ok=True)
         _write_atomically(self.links_file, json.dumps({k: v.model_dump() for k, v in links.items()}, indent=2))
 
+    def save_wire_stats(self, stats: dict[str, dict[str, dict[str, int]]]) -> None:
+        _write_atomically(self.wire_stats_file, json.dumps(stats))
+
+    def load_wire_stats(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Empty when there is no wire emulator (or it has not written yet)."""
+        try:
+            return json.loads(self.wire_stats_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
     def remove(self) -> None:
         """Only what the lab wrote: --state-dir may point at a directory that holds other things."""
-        for path in (self.state_file, self.links_file, self.wire_ready_file, self.path / "wire.log"):
+        for path in (self.state_file, self.links_file, self.wire_ready_file, self.wire_stats_file,
+                     self.path / "wire.log"):
             path.unlink(missing_ok=True)
         for dc_dir in self.path.glob("dc[0-9]*"):
             shutil.rmtree(dc_dir, ignore_errors=True)

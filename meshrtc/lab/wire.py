@@ -34,7 +34,9 @@ IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 MAX_FRAME = 65536
 RELOAD_INTERVAL_S = 0.1
+STATS_INTERVAL_S = 1.0
 WIRE_NICE = -10
+TAP_QUEUE_FRAMES = 10_000
 
 
 def open_tap(name: str) -> int:
@@ -49,6 +51,9 @@ def open_tap(name: str) -> int:
 
 
 def move_into_namespace(tmp_name: str, end: Endpoint) -> None:
+    # A TAP's queue (500 frames by default) holds what the DC sent until this process reads it:
+    # a longer one rides out this process being descheduled, so only the link's loss drops frames.
+    subprocess.run(["ip", "link", "set", "dev", tmp_name, "txqueuelen", str(TAP_QUEUE_FRAMES)], check=True)
     subprocess.run(["ip", "link", "set", "dev", tmp_name, "netns", str(end.namespace)], check=True)
     subprocess.run(["ip", "-n", str(end.namespace), "link", "set", "dev", tmp_name, "name", end.device], check=True)
 
@@ -100,16 +105,25 @@ class Wire:
             if link.name in shapes:
                 link.shape = shapes[link.name].shape()
 
+    def write_stats(self) -> None:
+        """Per link and direction frame counters, for `meshrtc lab status` (loss made vs configured)."""
+        stats = {link.name: {"a_to_b": link.a_to_b.counters(), "b_to_a": link.b_to_a.counters()}
+                 for link in self.links}
+        self.state_dir.save_wire_stats(stats)
+
     def stop(self, *_: object) -> None:
         self._running = False
 
     def serve(self) -> None:
-        next_reload = 0.0
+        next_reload = next_stats = 0.0
         while self._running:
             now = time.monotonic()
             if now >= next_reload:
                 self.reload_shapes()
                 next_reload = now + RELOAD_INTERVAL_S
+            if now >= next_stats:
+                self.write_stats()
+                next_stats = now + STATS_INTERVAL_S
             timeout = next_reload - now
             for link in self.links:
                 for direction in (link.a_to_b, link.b_to_a):
@@ -142,8 +156,8 @@ class Wire:
                 for frame in direction.pop_due(now):
                     try:
                         os.write(out_fd, frame)
-                    except OSError:
-                        pass  # the far end is down (cut): the frame is lost, as on a cable
+                    except OSError:  # the far end is down (cut): the frame is lost, as on a cable
+                        direction.undeliverable += 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     state_dir.wire_ready_file.write_text(str(os.getpid()))
     print(f"wire: {len(wire.links)} links ready", flush=True)
     wire.serve()
+    wire.write_stats()
     print("wire: stopped", flush=True)
     return 0
 

@@ -132,6 +132,8 @@ def test_degrade_adds_loss_and_delay_in_each_direction(lab: RunningLab) -> None:
         # 30% each way: a round trip survives with 0.7 * 0.7 = 49%; 60 samples put it well inside 20..80%.
         assert 20 <= result.loss_percent <= 80, result
         assert min(result.rtts_ms) >= 100
+        if lab.state.emulator == "wire":  # its counters show the loss it made (stats every second)
+            assert _wait_for(lambda: lab.state_dir.load_wire_stats()["dc1-dc3"]["a_to_b"]["lost"] > 0, timeout=5)
     finally:
         lab.degrade("dc1", "dc3", loss_percent=0, delay_ms=20)
     healed = lab.ping("dc1", "dc3", count=10, interval=0.05)

@@ -58,6 +58,9 @@ def test_state_round_trip_and_secret_file_mode(tmp_path: Path) -> None:
     secret = state_dir.relay_keys_file("dc1")
     state_dir.write_secret(secret, "dc1-dc2:00\n")
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert state_dir.load_wire_stats() == {}
+    state_dir.save_wire_stats({"dc1-dc2": {"a_to_b": {"passed": 5}}})
+    assert state_dir.load_wire_stats()["dc1-dc2"]["a_to_b"]["passed"] == 5
     (tmp_path / "lab" / "operator-notes.txt").write_text("keep me")
     state_dir.remove()
     assert sorted(p.name for p in (tmp_path / "lab").iterdir()) == ["operator-notes.txt"]

@@ -38,3 +38,12 @@ def test_a_full_queue_drops_new_frames_and_counts_them() -> None:
     results = [direction.offer(b"x", 0.0, Shape(delay_ms=10)) for _ in range(5)]
     assert results == [True, True, True, False, False]
     assert direction.overflowed == 2
+
+
+def test_counters_name_every_way_a_frame_can_go() -> None:
+    direction = Direction(rng=random.Random(3), limit=1)
+    direction.offer(b"x", 0.0, Shape(delay_ms=0))
+    direction.offer(b"y", 0.0, Shape(delay_ms=0))
+    direction.offer(b"z", 0.0, Shape(delay_ms=0, loss_percent=100))
+    direction.pop_due(1.0)
+    assert direction.counters() == {"passed": 1, "lost": 1, "overflowed": 1, "undeliverable": 0}
