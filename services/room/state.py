@@ -140,6 +140,8 @@ class RoomRegistry:
             if env.id > room.metadata_event_id:
                 room.metadata, room.metadata_event_id = payload.metadata, env.id
         elif isinstance(payload, ParticipantJoined):
+            if payload.room_sid in self.finished_sids:
+                return  # a session of an incarnation that has ended reported in late
             room.participants[payload.sid] = ParticipantState(
                 sid=payload.sid, identity=payload.identity, name=payload.name, metadata=payload.metadata,
                 attributes=dict(payload.attributes), node=payload.node, signal_node=payload.signal_node,
@@ -195,8 +197,6 @@ class RoomRegistry:
         self._orphans.clear()
         self._orphans.extend(kept)
         for env in waiting:
-            if isinstance(env.payload, ParticipantJoined) and env.payload.room_sid in self.finished_sids:
-                continue  # joined an incarnation that has ended since
             self._fold(env)
 
     def _finished(self, room: RoomState | None, payload: RoomFinished) -> None:

@@ -157,4 +157,5 @@ def test_late_events_of_a_finished_room_do_not_leak_into_its_next_incarnation() 
     dc1.emit(RoomFinished(sid="RM_a"), at=200)
     dc1.emit(joined("PA_late", "RM_a", "dc1"), at=210)  # a session that reported in after the finish
     dc1.emit(RoomCreated(sid="RM_b", name=ROOM), at=300)
+    dc1.emit(joined("PA_later", "RM_a", "dc1"), at=310)  # even later, into the new incarnation's time
     assert fold(dc1.events) == {ROOM: ("RM_b", "dc1", [])}
