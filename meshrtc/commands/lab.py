@@ -131,6 +131,10 @@ def _up(args: argparse.Namespace, state_dir: StateDir) -> int:
                             emulator=emulator, services=not args.network_only, media_nodes=args.media_nodes,
                             ready_timeout=args.timeout)
     print(f"lab {plan.name}: up (slot {plan.slot}, links emulated by {emulator}; state in {state_dir.path})")
+    if state.services:
+        from meshrtc.commands.dev import DEV_KEY, DEV_SECRET
+
+        print(f"  API key {DEV_KEY}, secret {DEV_SECRET} (every DC)")
     for dc in plan.datacenters:
         print(f"  {dc}: namespace {plan.namespace(dc)}  URL {plan.url(dc)}  NATS {plan.nats_url(dc)}"
               + (f"  log {state_dir.log_file(dc)}" if state.services else ""))
