@@ -141,8 +141,7 @@ def _build_network(state_dir: StateDir, plan: LabPlan, emulator: Emulator, servi
         if emulator == "netem":
             netns.apply_all(steps.veth_link_steps(plan))
         else:
-            state.wire_pid = _start_wire(state_dir)
-            state_dir.save(state)
+            _start_wire(state_dir, state)
         netns.apply_all(steps.link_address_steps(plan))
         netns.apply_all(steps.management_steps(plan))
         return state
@@ -151,27 +150,30 @@ def _build_network(state_dir: StateDir, plan: LabPlan, emulator: Emulator, servi
         raise
 
 
-def _start_wire(state_dir: StateDir) -> int:
-    log = open(state_dir.path / "wire.log", "ab")
-    process = subprocess.Popen([sys.executable, "-m", "meshrtc.lab.wire", str(state_dir.path)],
-                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 15
+def _start_wire(state_dir: StateDir, state: LabState, timeout: float = 60.0) -> None:
+    log_path = state_dir.path / "wire.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "meshrtc.lab.wire", str(state_dir.path)],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    state.wire_pid = process.pid
+    state_dir.save(state)  # before waiting: `down` must find it even if it never gets ready
+    deadline = time.monotonic() + timeout
     while not state_dir.wire_ready_file.exists():
-        if process.poll() is not None:
-            raise LabError(f"the wire emulator exited with {process.returncode}; see {state_dir.path / 'wire.log'}")
-        if time.monotonic() > deadline:
-            raise LabError(f"the wire emulator was not ready within 15 s; see {state_dir.path / 'wire.log'}")
+        if process.poll() is not None or time.monotonic() > deadline:
+            exited = process.poll() is not None
+            what = f"exited with {process.returncode}" if exited else f"was not ready within {timeout:.0f} s"
+            raise LabError(f"the wire emulator {what}:\n{_tail(log_path)}")
         time.sleep(0.05)
-    return process.pid
 
 
 def _start_dc(plan: LabPlan, dc: str, state_dir: StateDir, media_nodes: int) -> int:
     log_path = state_dir.log_file(dc)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")
     argv = dev_argv(plan, dc, state_dir, media_nodes=media_nodes)
-    process = subprocess.Popen(netns.exec_argv(plan.namespace(dc), argv),
-                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(netns.exec_argv(plan.namespace(dc), argv), stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return process.pid
 
 
@@ -212,8 +214,12 @@ def wait_ready(plan: LabPlan, state: LabState, state_dir: StateDir, timeout: flo
 
 def log_tail(state_dir: StateDir, dc: str, lines: int = 20) -> str:
     """The end of a DC's log, for errors: `up` removes the lab (logs included) when it fails."""
+    return _tail(state_dir.log_file(dc), lines)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
     try:
-        return "\n".join(state_dir.log_file(dc).read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
 
