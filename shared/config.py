@@ -72,6 +72,7 @@ class Settings:
     media_capacity: int = 200  # participants a media node accepts before it counts as full
     pricing_file: str = ""
     relay_port: int = 0
+    internal_ip: str = "127.0.0.1"  # how other processes of this DC reach this one (relay wire)
     relay_keys: dict[str, str] = field(default_factory=dict)
     nats_connect_timeout: float = 10.0
     metrics_host: str = "127.0.0.1"
@@ -83,6 +84,16 @@ class Settings:
     def require_api_keys(self) -> None:
         if not self.api_keys:
             raise ConfigError("MESHRTC_API_KEYS", "no API key configured (set key:secret)")
+
+
+def _own_address() -> str:
+    """The address our hostname resolves to (a container's own IP), else loopback."""
+    import socket
+
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -127,6 +138,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         media_capacity=_int(env, "MESHRTC_MEDIA_CAPACITY", Settings.media_capacity),
         pricing_file=env.get("MESHRTC_PRICING_FILE", ""),
         relay_port=_int(env, "MESHRTC_RELAY_PORT", 0),
+        internal_ip=env.get("MESHRTC_INTERNAL_IP") or _own_address(),
         relay_keys=relay_keys,
         nats_connect_timeout=float(_int(env, "MESHRTC_NATS_CONNECT_TIMEOUT", 10)),
         metrics_host=env.get("MESHRTC_METRICS_HOST", "127.0.0.1"),
@@ -159,6 +171,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         "MESHRTC_LOG_LEVEL": settings.log_level,
         "MESHRTC_HEARTBEAT_MS": str(settings.heartbeat_ms),
         "MESHRTC_MEDIA_CAPACITY": str(settings.media_capacity),
+        "MESHRTC_INTERNAL_IP": settings.internal_ip,
     }
     if settings.rtc_port_min:
         env["MESHRTC_RTC_PORT_RANGE"] = f"{settings.rtc_port_min}-{settings.rtc_port_max}"
