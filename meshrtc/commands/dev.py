@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=7880, help="HTTP/WebSocket port (default 7880)")
     parser.add_argument("--nats-port", type=int, default=0, help="embedded NATS port (default: a free one)")
     parser.add_argument("--media-nodes", type=int, default=1, help="media processes to run (default 1)")
+    parser.add_argument("--media-capacity", type=int, default=Settings.media_capacity,
+                        help="participants per media node before placement counts it full (default 200)")
     parser.add_argument("--webhook", action="append", default=[], help="webhook URL (repeatable)")
     parser.add_argument("--dc", default="dc1")
     parser.add_argument("--data-dir", help="keep NATS and SQLite data here instead of a temporary dir")
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
             nats_url=nats.url, dc=args.dc, database_url=database_url, api_keys={DEV_KEY: DEV_SECRET},
             http_host=args.bind, http_port=args.port, advertise_ips=args.advertise_ip or ["127.0.0.1"],
             webhook_urls=args.webhook, dev=True, log_level=args.log_level.upper(),
+            media_capacity=args.media_capacity,
         )
         env = settings_to_env(settings)
         children.append(Child("room", f"room-{args.dc}", env))

@@ -1,7 +1,7 @@
 """One room across two media nodes of one DC: each participant on its own node, media through
 the DC's relay, the room's events telling each node about the other's participants.
 
-`MESHRTC_MEDIA_CAPACITY=1` makes placement put the second participant on the second node."""
+`--media-capacity 1` makes placement put the second participant on the second node."""
 
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    server = start_dev_server(tmp_path_factory.mktemp("cross"), "--media-nodes", "2",
-                              env={"MESHRTC_MEDIA_CAPACITY": "1"})
+    server = start_dev_server(tmp_path_factory.mktemp("cross"), "--media-nodes", "2", "--media-capacity", "1")
     try:
         yield server
     finally:
