@@ -215,6 +215,7 @@ class RoomFinished(EventPayload):
     TYPE: ClassVar[str] = "room.finished"
     sid: str
     reason: str = ""
+    merged_sids: list[str] = []  # concurrent creations (other DCs) folded into this room: they end too
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,6 +236,18 @@ class ParticipantJoined(EventPayload):
     signal_node: str = ""
     project: str = ""
     info: str = ""  # base64 ParticipantInfo
+
+
+@register
+class ParticipantEvictRequested(EventPayload):
+    """A DC admitted `identity` again while its old session `sid` lives in another DC: the DC
+    hosting `sid` closes it (duplicate identity), as it would for a local replacement."""
+
+    TYPE: ClassVar[str] = "participant.evict_requested"
+    sid: str
+    identity: str
+    dc: str  # the DC that hosts `sid` and acts on this
+    reason: str = "DUPLICATE_IDENTITY"  # livekit DisconnectReason name
 
 
 @register
