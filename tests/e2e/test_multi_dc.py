@@ -7,6 +7,8 @@ wall-clock times; the test lines those up with the cuts and heals it makes."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import statistics
 import subprocess
@@ -19,7 +21,6 @@ import nats
 import pytest
 
 from shared.relay_control import RelayStats, RelayStatsRequest, relay_stats_subject
-
 from tests.support.lab import RunningLab, lab_unavailable_reason, running_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900),
@@ -68,7 +69,7 @@ def longest_gap(times: list[float], start: float, end: float) -> float:
     """The longest time without a frame in [start, end] (window edges count)."""
     inside = [t for t in times if start <= t <= end]
     points = [start, *inside, end]
-    return max(b - a for a, b in zip(points, points[1:], strict=False))
+    return max(b - a for a, b in itertools.pairwise(points))
 
 
 async def test_participants_in_two_dcs_see_each_other_within_a_second(lab: RunningLab, tmp_path: Path) -> None:
@@ -95,18 +96,18 @@ async def test_cut_reroutes_through_the_third_dc_and_heal_returns(lab: RunningLa
     duration = 10 + cycles * 2 * hold + 4
     a = Client(lab, "dc1", "alice", room, tmp_path / "a.json", duration, publish=True)
     b = Client(lab, "dc2", "bob", room, tmp_path / "b.json", duration, watch=True)
-    time.sleep(10)
+    await asyncio.sleep(10)
     events: list[tuple[str, float]] = []
     routes: list[list[str]] = []
     for cycle in range(cycles):
         events.append(("cut", time.time()))
         lab.cut("dc1", "dc2")
-        time.sleep(hold)
+        await asyncio.sleep(hold)
         if cycle == 0:
             routes.append((await relay_stats(lab, "dc1")).paths.get("dc2", []))
         events.append(("heal", time.time()))
         lab.heal("dc1", "dc2")
-        time.sleep(hold)
+        await asyncio.sleep(hold)
         if cycle == 0:
             routes.append((await relay_stats(lab, "dc1")).paths.get("dc2", []))
     a.result(120)
