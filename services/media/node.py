@@ -13,7 +13,6 @@ import time
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 from nats.aio.msg import Msg
-from shared.room_feed import RoomFeed
 
 from shared.config import Settings
 from shared.control import (
@@ -49,6 +48,7 @@ from shared.relay_control import (
     parse_hostport,
     relay_subscribe_subject,
 )
+from shared.room_feed import RoomFeed
 from shared.service import Service
 from shared.subjects import media_node_subject, room_data_subject, session_to_signal_subject, usage_subject
 from shared.tasks import background
@@ -349,6 +349,7 @@ class MediaNode(Service):
             subscriptions={sid: sorted(s.subscriptions) for sid, s in self.sessions.items()},
             sessions=len(self.sessions), tracks=sum(len(s.tracks) for s in self.sessions.values()),
             asyncio_tasks=len(asyncio.all_tasks()), open_peers=MediaPeer.open_count(), rss_bytes=_rss_bytes(),
+            relay=self.relay_link.counters() if self.relay_link else {},
         ).encode()
 
     async def _on_up(self, msg: object) -> None:

@@ -26,10 +26,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
     room = rtc.Room()
     report: dict[str, object] = {"connected_at": None, "published_at": None, "subscribed": {}, "frames": {},
-                                 "audio_frames": {}, "disconnects": []}
+                                 "audio_frames": {}, "audio_times": {}, "disconnects": []}
     subscribed: dict[str, float] = report["subscribed"]  # type: ignore[assignment]
     frames: dict[str, list[float]] = report["frames"]  # type: ignore[assignment]
     audio: dict[str, int] = report["audio_frames"]  # type: ignore[assignment]
+    audio_times: dict[str, list[float]] = report["audio_times"]  # type: ignore[assignment]
     tasks: list[asyncio.Task[None]] = []
 
     async def read_video(track: rtc.Track, who: str) -> None:
@@ -39,8 +40,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
     async def read_audio(track: rtc.Track, who: str) -> None:
         audio.setdefault(who, 0)
+        times = audio_times.setdefault(who, [])
         async for _ in rtc.AudioStream(track):
             audio[who] += 1
+            if audio[who] % 5 == 0:  # every 50 ms of audio is enough to see a gap
+                times.append(time.time())
 
     @room.on("track_subscribed")
     def on_track(track: rtc.Track, publication: rtc.RemoteTrackPublication,
