@@ -18,6 +18,7 @@ from shared.events import Envelope
 from shared.relay_wire import stream_id
 
 from .roster import ChangeKind, RemoteParticipantState, RemoteRoster, RemoteTrackState
+from .rtp.selector import RID_TO_LAYER
 from .track import PublishedTrack
 
 if TYPE_CHECKING:
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
     from .session import Session
 
 log = logging.getLogger(__name__)
+
+# Packets lost between DCs (a link dying before the relays reroute) are not in any cache a
+# subscriber's NACK could reach, and libwebrtc retries NACKs for seconds before it asks for a
+# keyframe itself. A video sequence jump this large asks the publisher for one at once.
+LOSS_KEYFRAME_PACKETS = 5
 
 
 class RemoteParticipant:
@@ -60,6 +66,19 @@ class RemoteTrack(PublishedTrack):
         self.relay: tuple[str, int] | None = None  # our relay's socket, from its last subscribe answer
         self.relay_subscribed = False
         self.on_wanted: Callable[[], None] | None = None
+        self._next_seq: dict[str, int] = {}  # per rid: the sequence number expected next (video)
+        self.loss_keyframes = 0
+
+    def on_rtp(self, rid: str, packet: bytes) -> None:
+        if self.kind == "video" and len(packet) > 4:
+            seq = (packet[2] << 8) | packet[3]
+            expected = self._next_seq.get(rid)
+            if expected is not None and LOSS_KEYFRAME_PACKETS <= (seq - expected) & 0xFFFF < 0x8000:
+                self.loss_keyframes += 1
+                self.request_keyframe(RID_TO_LAYER.get(rid, 2) if rid else self.top_layer)
+            if expected is None or (seq - expected) & 0xFFFF < 0x8000:  # reordered packets do not rewind
+                self._next_seq[rid] = (seq + 1) & 0xFFFF
+        super().on_rtp(rid, packet)
 
     @property
     def wanted(self) -> bool:
