@@ -38,6 +38,14 @@ def parse_api_keys(text: str, variable: str = "MESHRTC_API_KEYS") -> dict[str, s
     return keys
 
 
+def _is_dc_name(name: str) -> bool:
+    try:
+        _check_dc_name(name, "")
+    except ConfigError:
+        return False
+    return True
+
+
 def _check_dc_name(dc: str, variable: str) -> str:
     from shared.subjects import check_dc
 
@@ -83,11 +91,14 @@ def parse_relay_keys(text: str, dcs: set[str], variable: str = "MESHRTC_RELAY_KE
             raise ConfigError(variable, f"entry {pair!r} has no ':key' part")
         if not re.fullmatch(r"[0-9a-fA-F]{64}", key):
             raise ConfigError(variable, f"key of {pair!r} must be 64 hex digits (32 bytes)")
-        splits = [(pair[:i], pair[i + 1:]) for i, ch in enumerate(pair) if ch == "-"]
-        known = [(a, b) for a, b in splits if a in dcs and b in dcs and a != b]
-        if len(known) != 1:
-            raise ConfigError(variable, f"{pair!r} does not name two of the datacenters {sorted(dcs)}")
-        name = relay_link_name(*known[0])
+        splits = [(a, b) for i, ch in enumerate(pair) if ch == "-"
+                  if (a := pair[:i]) != (b := pair[i + 1:]) and _is_dc_name(a) and _is_dc_name(b)]
+        known = [(a, b) for a, b in splits if a in dcs and b in dcs]
+        # a shared keys file may list links between other DCs: unused here, but must be unambiguous
+        chosen = known if known else splits
+        if len(chosen) != 1:
+            raise ConfigError(variable, f"{pair!r} does not name two datacenters (dcA-dcB; known: {sorted(dcs)})")
+        name = relay_link_name(*chosen[0])
         if name in keys:
             raise ConfigError(variable, f"link {name} has two keys")
         keys[name] = key.lower()
