@@ -67,3 +67,8 @@ def test_replay_window_unmarked_counters_stay_acceptable() -> None:
     window.mark(10)
     assert window.check(11) is None  # checked (forged, never marked) ...
     assert window.check(11) is None  # ... so the genuine 11 still gets in
+
+
+def test_replay_window_size_is_a_power_of_two() -> None:
+    with pytest.raises(ValueError):
+        ReplayWindow(size=1000)
