@@ -10,7 +10,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from nats.aio.msg import Msg
 
+from shared.events import Envelope, LinkStatus, UsageSample
 from tests.support.relay_mesh import MeshClients, RelayMesh, StandInPublisher, StandInSubscriber
 
 pytestmark = pytest.mark.slow
@@ -37,6 +39,9 @@ async def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignor
 async def test_remote_track_delivered_and_keyframe_requests_reach_the_publisher(mesh: RelayMesh) -> None:
     async with MeshClients(mesh) as clients:
         await clients.wait_mesh_up()
+        usage: list[Envelope] = []
+        for dc in ("dc1", "dc2"):
+            await clients.buses[dc].subscribe(f"usage.{dc}.>", _collect(usage))
         publisher = await StandInPublisher(clients.buses["dc1"], "node-pub-a").start()
         subscriber = StandInSubscriber(clients.buses["dc2"], "dc2", "node-sub-a")
         try:
@@ -52,6 +57,20 @@ async def test_remote_track_delivered_and_keyframe_requests_reach_the_publisher(
             stats = await clients.stats("dc1")
             assert stats.paths["dc2"] == ["dc1", "dc2"]
             assert stats.peer_counters["dc2"]["data_packets_out"] >= 50
+
+            def relay_bytes(direction: str) -> int:
+                return sum(e.payload.bytes for e in usage if isinstance(e.payload, UsageSample)
+                           and e.payload.direction == direction and e.payload.room == "room-a"
+                           and e.payload.project == "proj")
+
+            # every 5 s each relay reports the room's WAN payload bytes: relay_out at the origin, relay_in
+            # at the destination (100-byte payloads, 50 per second)
+            await wait_for(lambda: relay_bytes("relay_out") > 0 and relay_bytes("relay_in") > 0, 12, "usage samples")
+            out_dcs = {e.dc for e in usage if e.payload.direction == "relay_out"}  # type: ignore[attr-defined]
+            in_dcs = {e.dc for e in usage if e.payload.direction == "relay_in"}  # type: ignore[attr-defined]
+            assert (out_dcs, in_dcs) == ({"dc1"}, {"dc2"})
+            assert relay_bytes("relay_out") % 100 == 0 and relay_bytes("relay_in") % 100 == 0
+            assert len({e.id for e in usage}) == len(usage)
         finally:
             await subscriber.stop()
             await publisher.stop()
@@ -116,6 +135,8 @@ async def test_cut_link_reroutes_within_a_second_and_returns_to_direct(mesh: Rel
             subscriber.start(["TR_failover"], "dc1", "node-pub-c")
             await wait_for(lambda: subscriber.count("TR_failover") >= 25, 5, "media before the cut")
             transit_before = (await clients.stats("dc3")).peer_counters["dc2"]["data_packets_out"]
+            events: list[Envelope] = []
+            await clients.buses["dc1"].subscribe("events.dc1.link.state.>", _collect(events))
             cut_at = time.monotonic()
             mesh.proxy.blackhole()
             await asyncio.sleep(3.0)
@@ -127,6 +148,8 @@ async def test_cut_link_reroutes_within_a_second_and_returns_to_direct(mesh: Rel
             assert gap < 1.0, f"media stopped for {gap:.3f}s after the cut"
             link = next(x for x in stats.links if x.src_dc == "dc1" and x.dst_dc == "dc2")
             assert link.status == "down"
+            changes = [(e.payload.src_dc, e.payload.dst_dc, e.payload.status) for e in events]  # type: ignore[attr-defined]
+            assert ("dc1", "dc2", LinkStatus.DOWN) in changes, changes
 
             healed_at = time.monotonic()
             mesh.proxy.heal()
@@ -146,6 +169,12 @@ async def test_cut_link_reroutes_within_a_second_and_returns_to_direct(mesh: Rel
             mesh.proxy.heal()
             await subscriber.stop()
             await publisher.stop()
+
+
+def _collect(into: list[Envelope]):  # type: ignore[no-untyped-def]
+    async def handler(msg: Msg) -> None:
+        into.append(Envelope.from_json(msg.data))
+    return handler
 
 
 def _direct(clients: MeshClients):  # type: ignore[no-untyped-def]
@@ -197,32 +226,58 @@ async def test_two_hundred_streams_rerouted_at_once(mesh: RelayMesh) -> None:
             await clients.stats("dc3", reset_worst_lag=True)
             await asyncio.sleep(2.5)
             idle_lag = (await clients.stats("dc3", reset_worst_lag=True)).loop_lag_worst_ms
+            transit_start, cpu_start = (await clients.stats("dc3")).peer_counters["dc2"], mesh.cpu_seconds("dc3")
             cut_at = time.monotonic()
             mesh.proxy.blackhole()
             await asyncio.sleep(2.5)
             end = time.monotonic()
             gaps = sorted(subscriber.longest_gap(t, cut_at - 0.2, end) for t in tracks)
             dc3 = await clients.stats("dc3", reset_worst_lag=True)
+            cpu_reroute = mesh.cpu_seconds("dc3")
             reroute_lag = dc3.loop_lag_worst_ms
-            transit_before = dc3.peer_counters["dc2"]["data_packets_out"]
+            rerouted = dc3.peer_counters["dc2"]["data_packets_out"] - transit_start["data_packets_out"]
+            sent_before = publisher.sent
             await asyncio.sleep(2.5)  # the same traffic through dc3, no reroute in the window
-            dc3 = await clients.stats("dc3")
-            steady_lag = dc3.loop_lag_worst_ms
-            transit_pps = (dc3.peer_counters["dc2"]["data_packets_out"] - transit_before) / 2.5
+            steady = await clients.stats("dc3")
+            cpu_steady = mesh.cpu_seconds("dc3")
+            steady_lag = steady.loop_lag_worst_ms
+            carried = steady.peer_counters["dc2"]["data_packets_out"] - dc3.peer_counters["dc2"]["data_packets_out"]
+            published = publisher.sent - sent_before
+            us_reroute = (cpu_reroute - cpu_start) / max(1, rerouted) * 1e6
+            us_steady = (cpu_steady - cpu_reroute) / max(1, carried) * 1e6
             load = os.getloadavg()[0]
-            print(f"\n200 streams: gap median {gaps[100] * 1000:.0f} ms, max {gaps[-1] * 1000:.0f} ms; dc3 worst loop "
-                  f"lag: idle {idle_lag:.1f} ms, reroute {reroute_lag:.1f} ms, steady transit {steady_lag:.1f} ms "
-                  f"at {transit_pps:.0f} pps; load average {load:.1f} on {os.cpu_count()} cores")
+            print(f"\n200 streams: gap median {gaps[100] * 1000:.0f} ms, max {gaps[-1] * 1000:.0f} ms; "
+                  f"dc3: worst loop lag "
+                  f"idle {idle_lag:.1f} ms, reroute {reroute_lag:.1f} ms, steady {steady_lag:.1f} ms; CPU per transit "
+                  f"packet: reroute window {us_reroute:.1f} µs, steady {us_steady:.1f} µs ({carried / 2.5:.0f} pps); "
+                  f"load average {load:.1f} on {os.cpu_count()} cores")
             assert gaps[-1] < 1.0, f"a stream stopped for {gaps[-1]:.3f}s"
-            assert transit_pps > 0.8 * 200 * 50, f"dc3 carried {transit_pps:.0f} pps, not all 200 streams"
-            # The reroute itself must not stall the transit relay (no per-session state to warm up):
-            # its worst lag is that of carrying the same traffic later, within 50 ms.
-            assert reroute_lag < steady_lag + 50, (reroute_lag, steady_lag)
+            # everything published crosses dc3 (the stand-in publisher may itself fall short of
+            # 200 x 50 pps on a loaded machine; the relay must carry what it gets)
+            kernel_drops = {port: n for port, n in mesh.udp_socket_drops().items() if n}
+            assert carried > 0.9 * published, (carried, published, kernel_drops, steady.drops,
+                                               (await clients.stats("dc1")).drops)
+            # The reroute does not make the transit relay work harder: no per-session state to build
+            # (plus two ticks of the CPU-time clock spread over the packets).
+            tick_slack_us = 2 / os.sysconf("SC_CLK_TCK") / max(1, rerouted) * 1e6
+            assert us_reroute < 1.5 * us_steady + tick_slack_us, (us_reroute, us_steady, tick_slack_us)
             if load <= (os.cpu_count() or 1):
-                # On a machine with CPU to spare the absolute target holds; an overloaded machine
-                # starves any process of its share, so there the relative check above is the test.
+                # The event-loop lag target holds on a machine with CPU to spare; an overloaded one
+                # starves every process regardless (the figures are printed either way).
                 assert reroute_lag < 50, f"dc3 event loop lagged {reroute_lag:.1f} ms"
         finally:
             mesh.proxy.heal()
             await subscriber.stop()
             await publisher.stop()
+
+
+def test_serve_relay_with_a_missing_link_key_exits_with_one_clear_line(nats_server) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MESHRTC_DC": "dc1", "MESHRTC_NATS_URL": nats_server.url, "MESHRTC_NATS_CONNECT_TIMEOUT": "3",
+           "MESHRTC_RELAY_PEERS": "dc2@127.0.0.1:9,dc3@127.0.0.1:10", "MESHRTC_RELAY_KEYS": f"dc1-dc2:{'0' * 64}"}
+    result = subprocess.run([sys.executable, "-m", "meshrtc", "serve", "relay"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert "MESHRTC_RELAY_KEYS: no key for link dc1-dc3" in result.stderr

@@ -20,6 +20,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from nats.aio.subscription import Subscription
+
 from shared.bus import Bus
 from shared.natsserver import NatsServer
 from shared.relay_control import (
@@ -91,6 +93,21 @@ class RelayMesh:
                                                   stdout=log, stderr=log, cwd=ROOT)
         return self
 
+    def cpu_seconds(self, dc: str) -> float:
+        """User + system CPU time the relay process of `dc` has used so far."""
+        fields = Path(f"/proc/{self.processes[dc].pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def udp_socket_drops() -> dict[int, int]:
+        """Kernel drops (receive buffer full) per local UDP port on this host, from /proc/net/udp."""
+        drops: dict[int, int] = {}
+        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+            fields = line.split()
+            port = int(fields[1].rsplit(":", 1)[1], 16)
+            drops[port] = drops.get(port, 0) + int(fields[-1])
+        return drops
+
     def log(self, dc: str) -> str:
         return (self.workdir / f"relay-{dc}.log").read_text(errors="replace")
 
@@ -130,8 +147,9 @@ class MeshClients:
             reset_worst_lag=reset_worst_lag).encode(), timeout=3)
         return RelayStats.decode(raw)
 
-    async def wait_mesh_up(self, timeout: float = 30) -> None:
-        """Until every relay answers and sees all its links up with a route to every DC."""
+    async def wait_mesh_up(self, timeout: float = 90) -> None:
+        """Until every relay answers and sees all its links up with a route to every DC (process start
+        alone can take 10+ s on a loaded machine: the CLI imports every command)."""
         deadline = time.monotonic() + timeout
         last: object = None
         while time.monotonic() < deadline:
@@ -165,19 +183,19 @@ class StandInPublisher:
         self.export_requests = 0
         self.keyframes: list[tuple[int, int]] = []
         self.sent = 0
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
         self._task: asyncio.Task[None] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self._serving: Subscription | None = None
 
     async def start(self, pps: float = 50) -> StandInPublisher:
-        await self.bus.serve(media_export_subject(self.node), self._on_export)
+        self._serving = await self.bus.serve(media_export_subject(self.node), self._on_export)
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_datagram)
         self._task = asyncio.create_task(self._send_loop(1 / pps))
         return self
 
     async def stop(self) -> None:
+        if self._serving is not None:
+            await self._serving.unsubscribe()
         asyncio.get_running_loop().remove_reader(self.sock.fileno())
         if self._task:
             self._task.cancel()
