@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import socket
 import statistics
 import sys
 import time
@@ -34,27 +33,22 @@ from services.relay.crypto import LinkCipher
 from services.relay.forwarder import Forwarder, StreamState, WanPlan
 from services.relay.wire import HEADER, VERSION, Kind, deliver_mask, pack_route
 from shared.relay_wire import LocalType, encode_local, stream_id
+from tests.support.sockets import loopback_udp
 
 STREAM = stream_id("TR_bench")
 
-
-def udp() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.setblocking(False)
-    return sock
 
 
 class Bench:
     def __init__(self, subscribers: int) -> None:
         keys = {frozenset((a, b)): os.urandom(32) for a in range(3) for b in range(3) if a < b}
-        self.sinks = [udp() for _ in range(3 + subscribers)]
+        self.sinks = [loopback_udp() for _ in range(3 + subscribers)]
         self.nodes = []
         for i in range(3):
             peers = [j for j in range(3) if j != i]
             ciphers = {j: LinkCipher(keys[frozenset((i, j))], i, j) for j in peers}
             addrs = {j: self.sinks[j].getsockname() for j in peers}  # sends go to never-read sinks
-            self.nodes.append(Forwarder(i, 3, udp(), udp(), ciphers, addrs, lambda *a: None))
+            self.nodes.append(Forwarder(i, 3, loopback_udp(), loopback_udp(), ciphers, addrs, lambda *a: None))
         origin = StreamState(STREAM, "TR_bench", 0)
         self.nodes[0].streams[STREAM] = origin
         destination = StreamState(STREAM, "TR_bench", 0)
@@ -109,7 +103,7 @@ def rows_for(size: int, n: int, rounds: int) -> list[tuple[str, int, float, floa
     payload = os.urandom(size)
     local = encode_local(LocalType.RTP, STREAM, 255, payload)
     bench = Bench(subscribers=10)
-    baseline_sock = udp()
+    baseline_sock = loopback_udp()
     rows = [("baseline: one plain sendto", size,
              *measure(repeat(baseline_sock.sendto, (payload, bench.sinks[0].getsockname()), n), n, rounds))]
     origin = bench.nodes[0].on_local

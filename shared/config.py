@@ -22,13 +22,15 @@ class ConfigError(ValueError):
         self.variable = variable
 
 
+def _entries(text: str) -> list[str]:
+    """The non-empty items of a comma- or newline-separated list, stripped."""
+    return [item.strip() for item in re.split(r"[,\n]", text) if item.strip()]
+
+
 def parse_api_keys(text: str, variable: str = "MESHRTC_API_KEYS") -> dict[str, str]:
     """`key1:secret1,key2:secret2` (also accepts newlines and `key: secret` as livekit's keys file)."""
     keys: dict[str, str] = {}
-    for item in re.split(r"[,\n]", text):
-        item = item.strip()
-        if not item:
-            continue
+    for item in _entries(text):
         if ":" not in item:
             raise ConfigError(variable, f"entry {item.split(':')[0]!r} has no ':secret' part")
         key, secret = (part.strip() for part in item.split(":", 1))
@@ -58,10 +60,7 @@ def _check_dc_name(dc: str, variable: str) -> str:
 def parse_relay_peers(text: str, variable: str = "MESHRTC_RELAY_PEERS") -> dict[str, str]:
     """`dc2@host:port,dc3@host:port` -> {dc: "host:port"}: each other DC's relay over the direct link."""
     peers: dict[str, str] = {}
-    for item in re.split(r"[,\n]", text):
-        item = item.strip()
-        if not item:
-            continue
+    for item in _entries(text):
         dc, sep, address = item.partition("@")
         host, colon, port = address.rpartition(":")
         if not sep or not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -82,10 +81,7 @@ def parse_relay_keys(text: str, dcs: set[str], variable: str = "MESHRTC_RELAY_KE
     """`dc1-dc2:<64 hex>,…` -> {relay_link_name: hex}. DC names may contain '-', so the pair is
     split where both halves are known DCs (self and MESHRTC_RELAY_PEERS)."""
     keys: dict[str, str] = {}
-    for item in re.split(r"[,\n]", text):
-        item = item.strip()
-        if not item:
-            continue
+    for item in _entries(text):
         pair, sep, key = (part.strip() for part in item.partition(":"))
         if not sep:
             raise ConfigError(variable, f"entry {pair!r} has no ':key' part")

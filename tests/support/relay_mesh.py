@@ -18,24 +18,14 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Awaitable
 from pathlib import Path
 
 from nats.aio.subscription import Subscription
 
+from shared import relay_control as control
 from shared.bus import Bus
 from shared.natsserver import NatsServer
-from shared.relay_control import (
-    RelayStats,
-    RelayStatsRequest,
-    RelaySubscribe,
-    RelaySubscribed,
-    TrackExport,
-    TrackExported,
-    media_export_subject,
-    parse_hostport,
-    relay_stats_subject,
-    relay_subscribe_subject,
-)
 from shared.relay_wire import NOT_SIMULCAST, LocalType, encode_local, parse_local, stream_id
 from tests.support.udp_proxy import UdpLinkProxy
 
@@ -142,10 +132,10 @@ class MeshClients:
         for bus in self.buses.values():
             await bus.close()
 
-    async def stats(self, dc: str, reset_worst_lag: bool = False) -> RelayStats:
-        raw = await self.buses[dc].request(relay_stats_subject(dc), RelayStatsRequest(
+    async def stats(self, dc: str, reset_worst_lag: bool = False) -> control.RelayStats:
+        raw = await self.buses[dc].request(control.relay_stats_subject(dc), control.RelayStatsRequest(
             reset_worst_lag=reset_worst_lag).encode(), timeout=3)
-        return RelayStats.decode(raw)
+        return control.RelayStats.decode(raw)
 
     async def wait_mesh_up(self, timeout: float = 90) -> None:
         """Until every relay answers and sees all its links up with a route to every DC (process start
@@ -169,33 +159,25 @@ class MeshClients:
         raise AssertionError(f"relay mesh not up within {timeout}s: {last}")
 
 
-class StandInPublisher:
-    """A publisher's media node: answers export requests and sends each exported track's RTP."""
+class _UdpStandIn:
+    """A stand-in media node's UDP socket (read by the event loop) and its background task."""
 
-    def __init__(self, bus: Bus, node: str, payload_size: int = 100) -> None:
-        self.bus = bus
-        self.node = node
-        self.payload_size = payload_size
+    def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.setblocking(False)
-        self.exports: dict[str, tuple[tuple[str, int], float]] = {}
-        self.export_requests = 0
-        self.keyframes: list[tuple[int, int]] = []
-        self.sent = 0
         self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
         self._task: asyncio.Task[None] | None = None
-        self._serving: Subscription | None = None
 
-    async def start(self, pps: float = 50) -> StandInPublisher:
-        self._serving = await self.bus.serve(media_export_subject(self.node), self._on_export)
+    def _on_datagram(self) -> None:
+        raise NotImplementedError
+
+    def _run(self, work: Awaitable[None]) -> None:
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_datagram)
-        self._task = asyncio.create_task(self._send_loop(1 / pps))
-        return self
+        self._task = asyncio.ensure_future(work)
 
     async def stop(self) -> None:
-        if self._serving is not None:
-            await self._serving.unsubscribe()
         asyncio.get_running_loop().remove_reader(self.sock.fileno())
         if self._task:
             self._task.cancel()
@@ -203,14 +185,40 @@ class StandInPublisher:
                 await self._task
         self.sock.close()
 
+
+class StandInPublisher(_UdpStandIn):
+    """A publisher's media node: answers export requests and sends each exported track's RTP."""
+
+    def __init__(self, bus: Bus, node: str, payload_size: int = 100) -> None:
+        super().__init__()
+        self.bus = bus
+        self.node = node
+        self.payload_size = payload_size
+        self.exports: dict[str, tuple[tuple[str, int], float]] = {}
+        self.export_requests = 0
+        self.keyframes: list[tuple[int, int]] = []
+        self.sent = 0
+        self._serving: Subscription | None = None
+
+    async def start(self, pps: float = 50) -> StandInPublisher:
+        self._serving = await self.bus.serve(control.media_export_subject(self.node), self._on_export)
+        self._run(self._send_loop(1 / pps))
+        return self
+
+    async def stop(self) -> None:
+        if self._serving is not None:
+            await self._serving.unsubscribe()
+        await super().stop()
+
     async def _on_export(self, data: bytes) -> bytes:
-        request = TrackExport.decode(data)
+        request = control.TrackExport.decode(data)
         self.export_requests += 1
         if request.ttl_s > 0:
-            self.exports[request.track_sid] = (parse_hostport(request.deliver_to), time.monotonic() + request.ttl_s)
+            expires = time.monotonic() + request.ttl_s
+            self.exports[request.track_sid] = (control.parse_hostport(request.deliver_to), expires)
         else:
             self.exports.pop(request.track_sid, None)
-        return TrackExported(source=self.address).encode()
+        return control.TrackExported(source=self.address).encode()
 
     def _on_datagram(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -236,45 +244,28 @@ class StandInPublisher:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 
-class StandInSubscriber:
+class StandInSubscriber(_UdpStandIn):
     """A subscriber's media node: asks its relay for tracks every second, records arrivals."""
 
     def __init__(self, bus: Bus, dc: str, node: str) -> None:
+        super().__init__()
         self.bus = bus
         self.dc = dc
         self.node = node
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
         self.arrivals: dict[int, list[float]] = defaultdict(list)
         self.relay_local: tuple[str, int] | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.sock.getsockname()[1]}"
 
     def start(self, tracks: list[str], origin_dc: str, origin_node: str, room: str = "room-a") -> StandInSubscriber:
-        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_datagram)
-        self._task = asyncio.create_task(self._subscribe_loop(tracks, origin_dc, origin_node, room))
+        self._run(self._subscribe_loop(tracks, origin_dc, origin_node, room))
         return self
 
-    async def stop(self) -> None:
-        asyncio.get_running_loop().remove_reader(self.sock.fileno())
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.sock.close()
-
     async def subscribe(self, track: str, origin_dc: str, origin_node: str, room: str, ttl_s: float = 5) -> None:
-        request = RelaySubscribe(room=room, project="proj", track_sid=track, origin_dc=origin_dc,
+        request = control.RelaySubscribe(room=room, project="proj", track_sid=track, origin_dc=origin_dc,
                                  origin_node=origin_node, subscriber_node=self.node, deliver_to=self.address,
                                  ttl_s=ttl_s)
-        reply = RelaySubscribed.decode(await self.bus.request(relay_subscribe_subject(self.dc), request.encode(),
-                                                              timeout=3))
-        self.relay_local = parse_hostport(reply.relay_local)
+        raw = await self.bus.request(control.relay_subscribe_subject(self.dc), request.encode(), timeout=3)
+        reply = control.RelaySubscribed.decode(raw)
+        self.relay_local = control.parse_hostport(reply.relay_local)
 
     async def _subscribe_loop(self, tracks: list[str], origin_dc: str, origin_node: str, room: str) -> None:
         while True:

@@ -16,20 +16,14 @@ from services.relay.relay import Relay
 from shared.events import EventPayload, LinkStateChanged, LinkStatus
 from shared.relay_control import RelaySubscribe, TrackExport, TrackExported
 from shared.relay_wire import LocalType, encode_local, parse_local, stream_id
-
-
-def udp() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.setblocking(False)
-    return sock
+from tests.support.sockets import loopback_udp
 
 
 class Node:
     """A media node: answers export requests, receives deliveries."""
 
     def __init__(self) -> None:
-        self.sock = udp()
+        self.sock = loopback_udp()
         self.exports: list[tuple[str, TrackExport]] = []
 
     async def request(self, subject: str, data: bytes, timeout: float) -> bytes:
@@ -40,12 +34,12 @@ class Node:
 class Pair:
     def __init__(self) -> None:
         key = os.urandom(32)
-        self.wan = {dc: udp() for dc in ("dc1", "dc2")}
+        self.wan = {dc: loopback_udp() for dc in ("dc1", "dc2")}
         self.node = Node()
         self.events: list[EventPayload] = []
         self.relays = {}
         for dc, other in (("dc1", "dc2"), ("dc2", "dc1")):
-            local = udp()
+            local = loopback_udp()
             self.relays[dc] = Relay(dc, ["dc1", "dc2"], {other: key}, {other: self.wan[other].getsockname()},
                                     self.wan[dc], local, f"127.0.0.1:{local.getsockname()[1]}", self.node.request,
                                     self.events.append)
@@ -76,7 +70,7 @@ def subscribe(track: str, origin_dc: str, deliver_to: socket.socket, ttl_s: floa
 async def test_remote_subscription_exports_and_forwards_then_unsubscribes(pair: Pair) -> None:
     await until(lambda: all(r.router.routes for r in pair.relays.values()))
     assert any(isinstance(e, LinkStateChanged) and e.status == LinkStatus.UP for e in pair.events)
-    subscriber = udp()
+    subscriber = loopback_udp()
     pair.relays["dc2"].subscribe(subscribe("TR_1", "dc1", subscriber))
     dc1 = pair.relays["dc1"]
     await until(lambda: bool(pair.node.exports))
@@ -95,7 +89,7 @@ async def test_remote_subscription_exports_and_forwards_then_unsubscribes(pair: 
 
 async def test_same_dc_track_fans_out_locally_without_wan(pair: Pair) -> None:
     dc1 = pair.relays["dc1"]
-    a, b = udp(), udp()
+    a, b = loopback_udp(), loopback_udp()
     dc1.subscribe(subscribe("TR_2", "dc1", a))
     dc1.subscribe(subscribe("TR_2", "dc1", b))
     await until(lambda: bool(pair.node.exports))
@@ -103,7 +97,7 @@ async def test_same_dc_track_fans_out_locally_without_wan(pair: Pair) -> None:
     await until(lambda: dc1.forwarder.streams[sid].keyframe_to is not None)
     pair.node.sock.sendto(encode_local(LocalType.RTP, sid, 0, b"x"), dc1.forwarder.local_sock.getsockname())
     await until(lambda: bool(_readable(a)) and bool(_readable(b)))
-    assert dc1.forwarder.peer_counters[1].data_packets_out == 0
+    assert dc1.forwarder.peer_counters[1].packets_out[1] == 0
     a.sendto(encode_local(LocalType.KEYFRAME, sid, 1), dc1.forwarder.local_sock.getsockname())
     await until(lambda: bool(_readable(pair.node.sock)))
     assert parse_local(pair.node.sock.recv(2048))[:3] == (LocalType.KEYFRAME, sid, 1)
@@ -111,7 +105,7 @@ async def test_same_dc_track_fans_out_locally_without_wan(pair: Pair) -> None:
 
 async def test_unknown_origin_dc_is_a_clear_error(pair: Pair) -> None:
     with pytest.raises(ValueError, match="unknown origin datacenter 'dc9'"):
-        pair.relays["dc1"].subscribe(subscribe("TR_3", "dc9", udp()))
+        pair.relays["dc1"].subscribe(subscribe("TR_3", "dc9", loopback_udp()))
     assert not pair.relays["dc1"].forwarder.streams
 
 
