@@ -252,11 +252,13 @@ async def test_two_hundred_streams_rerouted_at_once(mesh: RelayMesh) -> None:
                   f"packet: reroute window {us_reroute:.1f} µs, steady {us_steady:.1f} µs ({carried / 2.5:.0f} pps); "
                   f"load average {load:.1f} on {os.cpu_count()} cores")
             assert gaps[-1] < 1.0, f"a stream stopped for {gaps[-1]:.3f}s"
-            # everything published crosses dc3 (the stand-in publisher may itself fall short of
-            # 200 x 50 pps on a loaded machine; the relay must carry what it gets)
-            kernel_drops = {port: n for port, n in mesh.udp_socket_drops().items() if n}
-            assert carried > 0.9 * published, (carried, published, kernel_drops, steady.drops,
-                                               (await clients.stats("dc1")).drops)
+            # dc3 forwards every datagram it gets (same snapshot, so in and out match exactly) and
+            # its socket does not overflow (the stand-in publisher and dc1 may fall short of
+            # 200 x 50 pps on a loaded machine; that is not dc3's doing)
+            received = steady.peer_counters["dc1"]["data_packets_in"] - dc3.peer_counters["dc1"]["data_packets_in"]
+            overflowed = mesh.udp_socket_drops().get(mesh.wan_ports["dc3"], 0)
+            assert carried == received > 0, (carried, received, published)
+            assert overflowed < 0.01 * (rerouted + carried), overflowed
             # The reroute does not make the transit relay work harder: no per-session state to build
             # (plus two ticks of the CPU-time clock spread over the packets).
             tick_slack_us = 2 / os.sysconf("SC_CLK_TCK") / max(1, rerouted) * 1e6

@@ -240,7 +240,7 @@ class StandInPublisher(_UdpStandIn):
                                          address)
                         self.sent += 1
             seq += 1
-            next_at += period
+            next_at = max(next_at + period, time.monotonic())  # late: skip the round, never burst to catch up
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 

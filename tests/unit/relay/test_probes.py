@@ -85,3 +85,17 @@ def test_table_encoding_round_trip() -> None:
     assert decoded[1].rtt_ms == pytest.approx(12.3) and decoded[1].loss == pytest.approx(0.05)
     assert decoded[1].up_since == pytest.approx(7.0)
     assert decoded[2].status == LinkStatus.DOWN and decoded[2].up_since is None
+
+
+def test_a_relay_that_stalled_does_not_declare_its_links_dead() -> None:
+    """Our event loop stalled for a second (no probes sent): no evidence against the link."""
+    a, b = LinkMonitor(0, [1]), LinkMonitor(1, [0])
+    t = 0.0
+    for _ in range(10):
+        exchange(a, b, t, 0.010)
+        t += 0.1
+    a.evaluate(t)
+    t += 1.0  # stalled: the first tick after it sends a probe and evaluates before any echo
+    a.make_probe(1, t)
+    assert a.evaluate(t) == []
+    assert a.links[1].status == LinkStatus.UP
