@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from nats.aio.msg import Msg
 
@@ -71,6 +72,11 @@ async def test_remote_track_delivered_and_keyframe_requests_reach_the_publisher(
             assert (out_dcs, in_dcs) == ({"dc1"}, {"dc2"})
             assert relay_bytes("relay_out") % 100 == 0 and relay_bytes("relay_in") % 100 == 0
             assert len({e.id for e in usage}) == len(usage)
+            async with httpx.AsyncClient() as http:
+                metrics = (await http.get(f"http://127.0.0.1:{mesh.metrics_ports['dc1']}/metrics", timeout=5)).text
+            sent = next(float(line.split()[-1]) for line in metrics.splitlines()
+                        if line.startswith("meshrtc_relay_wan_data_packets_out_total{"))
+            assert sent >= 50 and "meshrtc_event_loop_lag_seconds{" in metrics
         finally:
             await subscriber.stop()
             await publisher.stop()

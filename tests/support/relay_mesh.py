@@ -25,7 +25,7 @@ from nats.aio.subscription import Subscription
 
 from shared import relay_control as control
 from shared.bus import Bus
-from shared.natsserver import NatsServer
+from shared.natsserver import NatsServer, free_port
 from shared.relay_wire import NOT_SIMULCAST, LocalType, encode_local, parse_local, stream_id
 from tests.support.udp_proxy import UdpLinkProxy
 
@@ -45,6 +45,7 @@ class RelayMesh:
         self.dcs = dcs
         self.proxied = proxied
         self.wan_ports = {dc: free_udp_port() for dc in dcs}
+        self.metrics_ports = {dc: free_port() for dc in dcs}
         self.keys = {f"{a}-{b}": secrets.token_hex(32) for a in dcs for b in dcs if a < b}
         self.nats: dict[str, NatsServer] = {}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -70,6 +71,7 @@ class RelayMesh:
             "MESHRTC_RELAY_PEERS": ",".join(f"{o}@{self.peer_address(dc, o)}" for o in self.dcs if o != dc),
             "MESHRTC_RELAY_KEYS": ",".join(f"{link}:{key}" for link, key in self.keys.items()),
             "MESHRTC_LOG_LEVEL": "INFO",
+            "MESHRTC_METRICS_PORT": str(self.metrics_ports[dc]),
         }
 
     def start(self) -> RelayMesh:

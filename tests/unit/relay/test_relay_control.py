@@ -111,3 +111,14 @@ async def test_unknown_origin_dc_is_a_clear_error(pair: Pair) -> None:
 
 def _readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
+
+
+async def test_stopping_withdraws_subscriptions_at_once(pair: Pair) -> None:
+    await until(lambda: all(r.router.routes for r in pair.relays.values()))
+    pair.relays["dc2"].subscribe(subscribe("TR_4", "dc1", loopback_udp()))
+    sid = stream_id("TR_4")
+    dc1 = pair.relays["dc1"]
+    await until(lambda: sid in dc1.forwarder.streams and bool(pair.node.exports))
+    await pair.relays["dc2"].stop()
+    await until(lambda: sid not in dc1.forwarder.streams, timeout=1.0)  # not after the 3.5 s lapse
+    await until(lambda: pair.node.exports[-1][1].ttl_s == 0, timeout=1.0)
