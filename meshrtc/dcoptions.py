@@ -81,9 +81,8 @@ class DcOptions:
         return f"nats://{host}:{self.nats_port}"
 
     def service_env(self) -> dict[str, str]:
+        """The relay's settings (MESHRTC_DATACENTERS comes from Settings.datacenters)."""
         env: dict[str, str] = {"MESHRTC_INTERNAL_IP": self.internal_ip}
-        if self.datacenters:
-            env["MESHRTC_DATACENTERS"] = ",".join(self.datacenters)
         if self.relay_port is not None:
             env["MESHRTC_RELAY_PORT"] = str(self.relay_port)
         if self.relay_peers:

@@ -22,13 +22,15 @@ class ConfigError(ValueError):
         self.variable = variable
 
 
+def _entries(text: str) -> list[str]:
+    """The non-empty items of a comma- or newline-separated list, stripped."""
+    return [item.strip() for item in re.split(r"[,\n]", text) if item.strip()]
+
+
 def parse_api_keys(text: str, variable: str = "MESHRTC_API_KEYS") -> dict[str, str]:
     """`key1:secret1,key2:secret2` (also accepts newlines and `key: secret` as livekit's keys file)."""
     keys: dict[str, str] = {}
-    for item in re.split(r"[,\n]", text):
-        item = item.strip()
-        if not item:
-            continue
+    for item in _entries(text):
         if ":" not in item:
             raise ConfigError(variable, f"entry {item.split(':')[0]!r} has no ':secret' part")
         key, secret = (part.strip() for part in item.split(":", 1))
@@ -36,6 +38,14 @@ def parse_api_keys(text: str, variable: str = "MESHRTC_API_KEYS") -> dict[str, s
             raise ConfigError(variable, "API key and secret must both be non-empty")
         keys[key] = secret
     return keys
+
+
+def _is_dc_name(name: str) -> bool:
+    try:
+        _check_dc_name(name, "")
+    except ConfigError:
+        return False
+    return True
 
 
 def _check_dc_name(dc: str, variable: str) -> str:
@@ -50,10 +60,7 @@ def _check_dc_name(dc: str, variable: str) -> str:
 def parse_relay_peers(text: str, variable: str = "MESHRTC_RELAY_PEERS") -> dict[str, str]:
     """`dc2@host:port,dc3@host:port` -> {dc: "host:port"}: each other DC's relay over the direct link."""
     peers: dict[str, str] = {}
-    for item in re.split(r"[,\n]", text):
-        item = item.strip()
-        if not item:
-            continue
+    for item in _entries(text):
         dc, sep, address = item.partition("@")
         host, colon, port = address.rpartition(":")
         if not sep or not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -74,20 +81,20 @@ def parse_relay_keys(text: str, dcs: set[str], variable: str = "MESHRTC_RELAY_KE
     """`dc1-dc2:<64 hex>,…` -> {relay_link_name: hex}. DC names may contain '-', so the pair is
     split where both halves are known DCs (self and MESHRTC_RELAY_PEERS)."""
     keys: dict[str, str] = {}
-    for item in re.split(r"[,\n]", text):
-        item = item.strip()
-        if not item:
-            continue
+    for item in _entries(text):
         pair, sep, key = (part.strip() for part in item.partition(":"))
         if not sep:
             raise ConfigError(variable, f"entry {pair!r} has no ':key' part")
         if not re.fullmatch(r"[0-9a-fA-F]{64}", key):
             raise ConfigError(variable, f"key of {pair!r} must be 64 hex digits (32 bytes)")
-        splits = [(pair[:i], pair[i + 1:]) for i, ch in enumerate(pair) if ch == "-"]
-        known = [(a, b) for a, b in splits if a in dcs and b in dcs and a != b]
-        if len(known) != 1:
-            raise ConfigError(variable, f"{pair!r} does not name two of the datacenters {sorted(dcs)}")
-        name = relay_link_name(*known[0])
+        splits = [(a, b) for i, ch in enumerate(pair) if ch == "-"
+                  if (a := pair[:i]) != (b := pair[i + 1:]) and _is_dc_name(a) and _is_dc_name(b)]
+        known = [(a, b) for a, b in splits if a in dcs and b in dcs]
+        # a shared keys file may list links between other DCs: unused here, but must be unambiguous
+        chosen = known if known else splits
+        if len(chosen) != 1:
+            raise ConfigError(variable, f"{pair!r} does not name two datacenters (dcA-dcB; known: {sorted(dcs)})")
+        name = relay_link_name(*chosen[0])
         if name in keys:
             raise ConfigError(variable, f"link {name} has two keys")
         keys[name] = key.lower()

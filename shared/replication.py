@@ -32,6 +32,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, ExternalStream, RetentionPolicy, StorageType, StreamConfig, StreamSource
 
 from shared.subjects import check_dc, stream_name
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("meshrtc.replication")
 
@@ -162,10 +163,7 @@ class SourceKicker:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

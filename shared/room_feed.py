@@ -23,9 +23,11 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared.bus import Bus
+from shared.bus_consumer import unsubscribe_quietly
 from shared.events import Envelope, EventDecodeError
 from shared.replication import replica_stream
 from shared.subjects import encode_token
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("meshrtc.room_feed")
 
@@ -74,10 +76,7 @@ class RoomFeed:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         await self._unsubscribe()
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
@@ -92,9 +91,7 @@ class RoomFeed:
 
     async def _unsubscribe(self) -> None:
         sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        await unsubscribe_quietly(sub)
 
     async def _run(self) -> None:
         backoff = 0.1

@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         database_url = f"sqlite:///{data_dir / 'meshrtc.db'}"
         upgrade(database_url)
         settings = Settings(
-            nats_url=nats_url, dc=args.dc, database_url=database_url, api_keys={DEV_KEY: DEV_SECRET},
+            nats_url=nats_url, dc=args.dc, datacenters=list(options.datacenters),
+            database_url=database_url, api_keys={DEV_KEY: DEV_SECRET},
             http_host=args.bind, http_port=args.port, advertise_ips=args.advertise_ip or ["127.0.0.1"],
             webhook_urls=args.webhook, dev=True, log_level=args.log_level.upper(),
             media_capacity=args.media_capacity,

@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="link emulation: kernel tc netem, or the userspace `wire` (default: netem if the kernel "
                          "has it)")
     up.add_argument("--network-only", action="store_true", help="build the network, start no services")
+    up.add_argument("--media-nodes", type=int, default=1, help="media processes per DC (default 1)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for every DC to be ready")
     up.add_argument("--dry-run", action="store_true", help="print the network commands, change nothing")
 
@@ -127,7 +128,8 @@ def _up(args: argparse.Namespace, state_dir: StateDir) -> int:
     if emulator == "auto":
         emulator = "netem" if netns.netem_available() else "wire"
     plan, state = runner.up(state_dir, args.datacenters, name=args.name, slot=args.slot, delays_ms=delays,
-                            emulator=emulator, services=not args.network_only, ready_timeout=args.timeout)
+                            emulator=emulator, services=not args.network_only, media_nodes=args.media_nodes,
+                            ready_timeout=args.timeout)
     print(f"lab {plan.name}: up (slot {plan.slot}, links emulated by {emulator}; state in {state_dir.path})")
     for dc in plan.datacenters:
         print(f"  {dc}: namespace {plan.namespace(dc)}  URL {plan.url(dc)}  NATS {plan.nats_url(dc)}"
@@ -150,11 +152,15 @@ def _status(args: argparse.Namespace, plan: LabPlan, state: LabState, state_dir:
             "signal": runner.signal_answers(plan, dc) if state.services else None,
             "leafnodes": runner.leafnode_remotes(plan, dc) if state.services else None,
         })
+    wire_alive = bool(state.wire_pid) and netns.pid_alive(state.wire_pid or 0)
     if args.json:
         print(json.dumps({"name": plan.name, "slot": plan.slot, "emulator": state.emulator,
+                          "wire_alive": wire_alive if state.emulator == "wire" else None,
                           "links": [asdict(row) for row in link_rows], "datacenters": dcs}, indent=2))
         return 0
-    print(f"lab {plan.name} (slot {plan.slot}, {state.emulator})")
+    wire_text = "" if state.emulator != "wire" else (", emulator alive" if wire_alive else
+                                                     ", EMULATOR DEAD: every link is down")
+    print(f"lab {plan.name} (slot {plan.slot}, {state.emulator}{wire_text})")
     for row in link_rows:
         print(f"  link {row.name:<10} {row.state:<9} delay {row.delay_ms} ms  loss {row.loss_percent:g}%")
     if not state.services:

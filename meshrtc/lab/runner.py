@@ -36,7 +36,8 @@ class LabError(RuntimeError):
     pass
 
 
-def dev_argv(plan: LabPlan, dc: str, state_dir: StateDir, python: str = sys.executable) -> list[str]:
+def dev_argv(plan: LabPlan, dc: str, state_dir: StateDir, python: str = sys.executable,
+             media_nodes: int = 1) -> list[str]:
     """`meshrtc dev` for one DC of the lab: signal on the management address, NATS on every
     address of the namespace (spokes reach the hub's leafnode port over their direct link),
     relay peers at the other DCs' ends of the direct links."""
@@ -47,7 +48,7 @@ def dev_argv(plan: LabPlan, dc: str, state_dir: StateDir, python: str = sys.exec
         "--nats-host", "0.0.0.0", "--nats-port", str(NATS_PORT), "--nats-http-port", str(NATS_HTTP_PORT),
         "--datacenters", ",".join(plan.datacenters),
         "--relay-port", str(RELAY_PORT), "--relay-keys-file", str(state_dir.relay_keys_file(dc)),
-        "--data-dir", str(state_dir.dc_dir(dc) / "data"),
+        "--data-dir", str(state_dir.dc_dir(dc) / "data"), "--media-nodes", str(media_nodes),
     ]
     for link in plan.links_of(dc):
         peer = link.other(dc)
@@ -96,6 +97,7 @@ def up(
     delays_ms: dict[tuple[str, str], int],
     emulator: Emulator,
     services: bool,
+    media_nodes: int = 1,
     ready_timeout: float = 120.0,
     say: Callable[[str], None] = print,
 ) -> tuple[LabPlan, LabState]:
@@ -118,7 +120,7 @@ def up(
             keys = relay_keys(plan)
             for dc in plan.datacenters:
                 state_dir.write_secret(state_dir.relay_keys_file(dc), relay_keys_text(plan, dc, keys))
-                state.dc_pids[dc] = _start_dc(plan, dc, state_dir)
+                state.dc_pids[dc] = _start_dc(plan, dc, state_dir, media_nodes)
                 state_dir.save(state)
             wait_ready(plan, state, state_dir, timeout=ready_timeout)
         return plan, state
@@ -163,11 +165,12 @@ def _start_wire(state_dir: StateDir) -> int:
     return process.pid
 
 
-def _start_dc(plan: LabPlan, dc: str, state_dir: StateDir) -> int:
+def _start_dc(plan: LabPlan, dc: str, state_dir: StateDir, media_nodes: int) -> int:
     log_path = state_dir.log_file(dc)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")
-    process = subprocess.Popen(netns.exec_argv(plan.namespace(dc), dev_argv(plan, dc, state_dir)),
+    argv = dev_argv(plan, dc, state_dir, media_nodes=media_nodes)
+    process = subprocess.Popen(netns.exec_argv(plan.namespace(dc), argv),
                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return process.pid
 
@@ -196,18 +199,18 @@ def wait_ready(plan: LabPlan, state: LabState, state_dir: StateDir, timeout: flo
         for dc in list(waiting):
             pid = state.dc_pids.get(dc)
             if pid is not None and not netns.pid_alive(pid):
-                raise LabError(f"{dc}: meshrtc dev exited:\n{_log_tail(state_dir, dc)}")
+                raise LabError(f"{dc}: meshrtc dev exited:\n{log_tail(state_dir, dc)}")
             leafs_ok = dc == plan.hub or bool(leafnode_remotes(plan, dc))
             if leafs_ok and signal_answers(plan, dc):
                 waiting.remove(dc)
         if waiting and time.monotonic() > deadline:
-            tails = "\n".join(f"--- {dc} ---\n{_log_tail(state_dir, dc)}" for dc in waiting)
+            tails = "\n".join(f"--- {dc} ---\n{log_tail(state_dir, dc)}" for dc in waiting)
             raise LabError(f"not ready within {timeout:.0f} s: {', '.join(waiting)}\n{tails}")
         if waiting:
             time.sleep(0.5)
 
 
-def _log_tail(state_dir: StateDir, dc: str, lines: int = 20) -> str:
+def log_tail(state_dir: StateDir, dc: str, lines: int = 20) -> str:
     """The end of a DC's log, for errors: `up` removes the lab (logs included) when it fails."""
     try:
         return "\n".join(state_dir.log_file(dc).read_text(errors="replace").splitlines()[-lines:])

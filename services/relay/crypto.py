@@ -48,31 +48,34 @@ class LinkCipher:
 
 
 class ReplayWindow:
-    """Sliding anti-replay window over a peer's counters (bit i = highest - i was seen)."""
+    """Sliding anti-replay window over a peer's counters.
 
-    __slots__ = ("bits", "highest", "size")
+    A ring of `size` slots holds the last counter seen in each slot (`counter % size`): a counter
+    within `size` of the highest one was seen exactly when its slot holds it. O(1) per datagram,
+    no big-integer bitmap to shift."""
+
+    __slots__ = ("highest", "mask", "ring", "size")
 
     def __init__(self, size: int = REPLAY_WINDOW) -> None:
+        if size & (size - 1):
+            raise ValueError("the replay window size must be a power of two")
         self.size = size
+        self.mask = size - 1
         self.highest = -1
-        self.bits = 0
+        self.ring = [-1] * size
 
     def check(self, counter: int) -> str | None:
         """None when `counter` is new; else the drop reason ("replayed" or "too_old")."""
         if counter > self.highest:
             return None
-        behind = self.highest - counter
-        if behind >= self.size:
+        if self.highest - counter >= self.size:
             return "too_old"
-        if self.bits >> behind & 1:
+        if self.ring[counter & self.mask] == counter:
             return "replayed"
         return None
 
     def mark(self, counter: int) -> None:
         """Record an authenticated counter (call only after `check` said it is new)."""
+        self.ring[counter & self.mask] = counter
         if counter > self.highest:
-            shift = counter - self.highest if self.highest >= 0 else self.size
-            self.bits = ((self.bits << shift) | 1) & ((1 << self.size) - 1) if shift < self.size else 1
             self.highest = counter
-        else:
-            self.bits |= 1 << (self.highest - counter)

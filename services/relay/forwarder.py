@@ -34,17 +34,17 @@ _RECV_BATCH = 256
 
 
 class PeerCounters:
-    """Datagrams and bytes on one link, data (RTP/RTCP) apart from control."""
+    """Datagrams and bytes on one link, each list indexed by `is_data` (0 control, 1 RTP/RTCP)."""
 
-    __slots__ = ("ctl_bytes_in", "ctl_bytes_out", "ctl_packets_in", "ctl_packets_out",
-                 "data_bytes_in", "data_bytes_out", "data_packets_in", "data_packets_out")
+    __slots__ = ("bytes_in", "bytes_out", "packets_in", "packets_out")
 
     def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+        self.packets_in, self.bytes_in = [0, 0], [0, 0]
+        self.packets_out, self.bytes_out = [0, 0], [0, 0]
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {f"{part}_{name}": getattr(self, name)[is_data] for name in self.__slots__
+                for part, is_data in (("ctl", 0), ("data", 1))}
 
 
 class WanPlan:
@@ -150,12 +150,9 @@ class Forwarder:
             self.drops["wan_send_error"] += 1
             return False
         counters = self.peer_counters[next_dc]
-        if kind == Kind.RTP or kind == Kind.RTCP:
-            counters.data_packets_out += 1
-            counters.data_bytes_out += len(datagram)
-        else:
-            counters.ctl_packets_out += 1
-            counters.ctl_bytes_out += len(datagram)
+        is_data = kind <= Kind.RTCP
+        counters.packets_out[is_data] += 1
+        counters.bytes_out[is_data] += len(datagram)
         return True
 
     def send_toward(self, kind: int, dest: int, stream: int, layer: int, body: bytes) -> bool:
@@ -196,10 +193,11 @@ class Forwarder:
         if cipher is None or window is None:
             self.drops["unknown_link"] += 1
             return
-        stale = window.check(counter)
-        if stale is not None:
-            self.drops[stale] += 1
-            return
+        if counter <= window.highest:  # in order is the common case: no window lookup
+            stale = window.check(counter)
+            if stale is not None:
+                self.drops[stale] += 1
+                return
         header = data[:HEADER_SIZE]
         try:
             body = cipher.open(counter, data[HEADER_SIZE:], header)
@@ -208,15 +206,12 @@ class Forwarder:
             return
         window.mark(counter)
         counters = self.peer_counters[sender]
-        if kind == Kind.RTP or kind == Kind.RTCP:
-            counters.data_packets_in += 1
-            counters.data_bytes_in += len(data)
-        else:
-            counters.ctl_packets_in += 1
-            counters.ctl_bytes_in += len(data)
-            if kind >= Kind.PROBE:
-                self.on_control(kind, sender, stream, layer, body)
-                return
+        is_data = kind <= Kind.RTCP
+        counters.packets_in[is_data] += 1
+        counters.bytes_in[is_data] += len(data)
+        if kind >= Kind.PROBE:  # one-hop link control, never forwarded
+            self.on_control(kind, sender, stream, layer, body)
+            return
         if deliver & self.self_bit:
             self._deliver(kind, route[0], stream, layer, body)
         if hop + 1 < route_len:

@@ -73,6 +73,7 @@ class Relay:
         self.refs: dict[int, TrackRef] = {}  # streams in the forwarder -> what they are
         self._last_refresh: dict[int, float] = {}
         self._exporting: set[int] = set()
+        self._failing_exports: set[int] = set()  # logged once until an export succeeds again
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self.control_errors = 0
@@ -87,7 +88,12 @@ class Relay:
         self._tasks = [asyncio.create_task(self._link_loop(), name="relay-links"),
                        asyncio.create_task(self._control_loop(), name="relay-control")]
 
-    async def stop(self) -> None:
+    async def stop(self, withdraw_timeout: float = 1.0) -> None:
+        """Tell origins and publishers we are going (best effort; otherwise it all lapses), stop."""
+        for stream, ref in list(self.refs.items()):
+            self._withdraw(stream, ref)
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=withdraw_timeout)
         loop = asyncio.get_running_loop()
         for sock in (self.forwarder.wan_sock, self.forwarder.local_sock):
             with contextlib.suppress(ValueError, OSError):
@@ -221,7 +227,12 @@ class Relay:
                 state.keyframe_to = source
         except Exception as exc:  # the node may be gone; the next refresh retries
             self.export_failures += 1
-            log.warning("export of %s from node %s failed: %s", ref.track_sid, ref.origin_node, exc)
+            first = stream not in self._failing_exports
+            self._failing_exports.add(stream)
+            log.log(logging.WARNING if first else logging.DEBUG, "export of %s from node %s failed: %s",
+                    ref.track_sid, ref.origin_node, exc)
+        else:
+            self._failing_exports.discard(stream)
         finally:
             if ttl_s > 0:
                 self._exporting.discard(stream)

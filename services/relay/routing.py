@@ -2,7 +2,9 @@
 
 * Candidates for destination d: the direct link and every 2-hop path self -> x -> d (the mesh is
   small and full; longer detours add more delay than they save).
-* Cost = sum over links of RTT + `loss_penalty_ms` x loss (10 % loss costs like 50 ms of RTT).
+* Cost = sum over links of RTT + `loss_penalty_ms` x loss (10 % loss costs like 50 ms of RTT)
+  + `hop_cost_ms` (each relay hop adds processing, jitter and a failure point, so between
+  near-equal paths the one with fewer hops wins, e.g. inside one region).
 * Hysteresis: a usable current path is kept unless another is clearly cheaper (below
   `switch_ratio` x current - `switch_margin_ms`) for `hold_s` in a row *and* all of its links
   have been up for `stable_s`; only a dead current path is left at once. So a flapping link does
@@ -47,6 +49,7 @@ DOWN = LinkMetrics(LinkStatus.DOWN)
 @dataclass(frozen=True, slots=True)
 class RoutePolicy:
     loss_penalty_ms: float = 500.0
+    hop_cost_ms: float = 10.0
     switch_ratio: float = 0.8
     switch_margin_ms: float = 5.0
     hold_s: float = 1.0
@@ -86,7 +89,7 @@ class Router:
             link = view.link(self.self_index, a, b)
             if not link.usable:
                 return None
-            total += link.rtt_ms + self.policy.loss_penalty_ms * link.loss
+            total += link.rtt_ms + self.policy.loss_penalty_ms * link.loss + self.policy.hop_cost_ms
         return total
 
     def stable(self, view: LinkView, route: Route, now: float) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import time
 
@@ -37,6 +36,7 @@ from shared.ids import derived_event_id
 from shared.replication import SourceKicker, replica_stream
 from shared.service import Service, heartbeat_subject
 from shared.subjects import media_node_subject, room_request_subject
+from shared.tasks import cancel_and_wait
 
 from .admission import Admissions
 from .api import ApiError, RoomApi, b64
@@ -104,9 +104,7 @@ class RoomService(Service):
         for worker in self.webhooks:
             await worker.stop()
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._consumer is not None:
             await self._consumer.stop()
 
@@ -170,11 +168,11 @@ class RoomService(Service):
 
     async def _on_event(self, env: Envelope, meta: MsgMeta) -> None:
         self.registry.apply(env)
+        if isinstance(env.payload, ParticipantJoined):
+            self.admissions.joined(env.payload.sid)  # now a participant: no longer counted as pending too
         assert self.store
         await asyncio.to_thread(self.store.append, env)
-        if isinstance(env.payload, ParticipantJoined):
-            self.admissions.joined(env.payload.sid)
-        elif isinstance(env.payload, NodeDown) and env.payload.service == "media":
+        if isinstance(env.payload, NodeDown) and env.payload.service == "media":
             if env.payload.dc == self.settings.dc:  # each DC migrates the participants of its own nodes
                 await self._node_lost(env)
         elif isinstance(env.payload, ParticipantEvictRequested) and env.payload.dc == self.settings.dc:

@@ -9,13 +9,17 @@ interleaving (docs/multi-dc.md, "Rooms across datacenters"):
   creation is an *incarnation*, and the one with the smallest event id wins (its sid, config,
   creation time and DC, the room's *owner DC*). Participants joined under a losing sid stay.
 * `RoomFinished` ends the incarnations it names (`sid` + `merged_sids`) and drops their
-  participants; a room whose incarnations are all finished is gone. A `RoomCreated` of a finished
+  participants; a room whose incarnations are all finished is gone.
+* Room metadata updated in two DCs at once: the update with the larger event id wins.
+* An event of a room this DC does not know yet (another DC's join that overtook the creation it
+  followed, coming from a third DC) waits and is folded in when the room is created. A `RoomCreated` of a finished
   sid arriving late is ignored, and a re-creation that overtook the previous incarnation's
   `RoomFinished` survives it.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from shared.events import (
@@ -32,6 +36,8 @@ from shared.events import (
     TrackPublished,
     TrackUnpublished,
 )
+
+ORPHAN_LIMIT = 10_000
 
 
 @dataclass
@@ -76,7 +82,7 @@ class RoomState:
     last_departure_ms: int = 0
     origin_dc: str = ""  # DC of the winning RoomCreated: it runs the room's lifecycle
     incarnations: dict[str, Incarnation] = field(default_factory=dict)  # sid -> creation
-    metadata_changed: bool = False  # metadata set by an update, not by the creation
+    metadata_event_id: str = ""  # the room.metadata_updated in force: the latest id wins in every DC
 
     @property
     def merged_sids(self) -> list[str]:
@@ -90,7 +96,7 @@ class RoomState:
         self.sid, self.created_at_ms, self.origin_dc = created.sid, winner.ts, winner.dc
         self.empty_timeout, self.departure_timeout = created.empty_timeout, created.departure_timeout
         self.max_participants, self.project = created.max_participants, created.project
-        if not self.metadata_changed:
+        if not self.metadata_event_id:
             self.metadata = created.metadata
 
     def by_identity(self, identity: str) -> ParticipantState | None:
@@ -108,12 +114,19 @@ class RoomRegistry:
         self.rooms: dict[str, RoomState] = {}
         self.applied: set[str] = set()  # event ids folded in, so a redelivery is a no-op
         self.finished_sids: set[str] = set()  # room incarnations that ended
+        # Events of a room not known (yet): another DC's join can reach us before the creation it
+        # followed; they are folded in when the room is created. Bounded: the oldest go first.
+        self._orphans: deque[Envelope] = deque(maxlen=ORPHAN_LIMIT)
 
     def apply(self, env: Envelope) -> bool:
         """Folds one event in; returns False when it was already applied."""
         if env.id in self.applied:
             return False
         self.applied.add(env.id)
+        self._fold(env)
+        return True
+
+    def _fold(self, env: Envelope) -> None:
         payload = env.payload
         room = self.rooms.get(env.room or "")
         if isinstance(payload, RoomCreated):
@@ -121,10 +134,11 @@ class RoomRegistry:
         elif isinstance(payload, RoomFinished):
             self._finished(room, payload)
         elif room is None:
-            return True
+            if env.room is not None:
+                self._orphans.append(env)
         elif isinstance(payload, RoomMetadataUpdated):
-            room.metadata = payload.metadata
-            room.metadata_changed = True
+            if env.id > room.metadata_event_id:
+                room.metadata, room.metadata_event_id = payload.metadata, env.id
         elif isinstance(payload, ParticipantJoined):
             room.participants[payload.sid] = ParticipantState(
                 sid=payload.sid, identity=payload.identity, name=payload.name, metadata=payload.metadata,
@@ -157,19 +171,33 @@ class RoomRegistry:
         elif isinstance(payload, TrackUnpublished):
             if participant := room.participants.get(payload.participant_sid):
                 participant.tracks.pop(payload.sid, None)
-        return True
 
     def _created(self, env: Envelope, payload: RoomCreated) -> None:
         if payload.sid in self.finished_sids:
             return  # a late copy of an incarnation that already ended
         incarnation = Incarnation(env.id, env.ts, env.dc, payload)
         room = self.rooms.get(payload.name)
+        new = room is None
         if room is None:
             room = self.rooms[payload.name] = RoomState(name=payload.name, sid=payload.sid, created_at_ms=env.ts)
         if payload.sid in room.incarnations:
             return
         room.incarnations[payload.sid] = incarnation
         room.adopt_winner()
+        if new:
+            self._adopt_orphans(payload.name)
+
+    def _adopt_orphans(self, name: str) -> None:
+        waiting = [env for env in self._orphans if env.room == name]
+        if not waiting:
+            return
+        kept = [env for env in self._orphans if env.room != name]
+        self._orphans.clear()
+        self._orphans.extend(kept)
+        for env in waiting:
+            if isinstance(env.payload, ParticipantJoined) and env.payload.room_sid in self.finished_sids:
+                continue  # joined an incarnation that has ended since
+            self._fold(env)
 
     def _finished(self, room: RoomState | None, payload: RoomFinished) -> None:
         ended = {payload.sid, *payload.merged_sids}

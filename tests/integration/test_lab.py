@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -35,7 +35,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
         yield running
 
 
-def _wait_for(predicate, timeout: float, interval: float = 0.5) -> bool:  # type: ignore[no-untyped-def]
+def _wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -65,6 +65,31 @@ def test_sdk_participants_inside_a_dc_namespace_hear_each_other(lab: RunningLab)
                               lab.token("bob", "lab-smoke"), "30"], timeout=90)
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr[-2000:]}\n{lab.log_tail('dc2')}"
     assert json.loads(done.stdout.strip().splitlines()[-1])["frames"] >= 50
+
+
+def test_events_of_a_spoke_reach_the_other_dcs_replicas(lab: RunningLab) -> None:
+    """dev's multi-DC wiring end to end: dc2's events (its room service's, from the SDK test or
+    from this one's join) are sourced into REPLICA_<DC> of dc1 and dc3 over the leafnodes."""
+    import asyncio
+
+    import nats
+
+    from shared.replication import replica_stream
+
+    script = Path(__file__).resolve().parent.parent / "support" / "lab_sdk_probe.py"
+    lab.run_in("dc2", [sys.executable, str(script), lab.url("dc2"), lab.token("carol", "lab-replication"),
+                       lab.token("dave", "lab-replication"), "30"], timeout=90)
+
+    async def dc2_subjects_in(dc: str) -> dict[str, int]:
+        client = await nats.connect(lab.nats_url(dc), connect_timeout=5)
+        try:
+            info = await client.jetstream().stream_info(replica_stream(dc), subjects_filter="events.dc2.>")
+            return dict(info.state.subjects or {})
+        finally:
+            await client.close()
+
+    for dc in ("dc1", "dc3"):
+        assert _wait_for(lambda dc=dc: bool(asyncio.run(dc2_subjects_in(dc))), timeout=30), dc
 
 
 def test_spokes_have_their_leafnode_to_the_hub(lab: RunningLab) -> None:
@@ -141,6 +166,7 @@ def test_status_reports_links_processes_and_leafnodes(lab: RunningLab) -> None:
         "dc1-dc2": "up", "dc1-dc3": "up", "dc2-dc3": "down"}
     assert [row["delay_ms"] for row in status["links"]] == [30, 20, 20]
     assert all(dc["alive"] and dc["signal"] for dc in status["datacenters"])
+    assert status["wire_alive"] in (True, None)  # None: kernel netem, no emulator process
     assert status["datacenters"][1]["leafnodes"] == ["dc1"]
 
 

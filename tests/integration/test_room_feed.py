@@ -4,8 +4,6 @@ DC's events, and nothing lost or repeated across a NATS restart."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from shared.bus import Bus
@@ -13,6 +11,7 @@ from shared.events import Envelope, RoomMetadataUpdated
 from shared.natsserver import NatsServer, free_port
 from shared.room_feed import RoomFeed
 from tests.support.mesh import run_mesh
+from tests.support.waiting import wait_until
 
 ROOM = "lobby.* >x"  # subject syntax in a room name must not leak into the filter
 
@@ -20,13 +19,6 @@ ROOM = "lobby.* >x"  # subject syntax in a room name must not leak into the filt
 def event(dc: str, room: str, n: int) -> Envelope:
     return Envelope.new(RoomMetadataUpdated(sid="RM_1", metadata=str(n)), dc=dc, node=f"n-{dc}", room=room)
 
-
-async def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_history_then_live_survives_a_nats_restart(tmp_path: Path) -> None:

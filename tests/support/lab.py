@@ -133,10 +133,7 @@ class RunningLab:
         return self.ping_ip(a, self.link_ip(b, a), **kwargs)
 
     def log_tail(self, dc: str, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path(dc).read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return runner.log_tail(self.state_dir, dc, lines)
 
 
 def remove_stale_labs() -> None:
@@ -158,6 +155,7 @@ def running_lab(
     services: bool = True,
     delays_ms: dict[tuple[str, str], int] | None = None,
     emulator: Emulator | None = None,
+    media_nodes: int = 1,
     ready_timeout: float = 240.0,
 ) -> Iterator[RunningLab]:
     """A lab that exists only inside the `with` block. Its DC logs are copied to
@@ -175,7 +173,8 @@ def running_lab(
     atexit.register(teardown)
     try:
         plan, state = runner.up(state_dir, datacenters, name=name, slot=None, delays_ms=delays_ms or {},
-                                emulator=chosen, services=services, ready_timeout=ready_timeout, say=lambda _: None)
+                                emulator=chosen, services=services, media_nodes=media_nodes,
+                                ready_timeout=ready_timeout, say=lambda _: None)
         yield RunningLab(plan, state, state_dir)
     finally:
         teardown()

@@ -34,7 +34,6 @@ def test_a_spoke_gets_its_nats_config_and_its_services_the_relay_settings(tmp_pa
     assert options.client_nats_url() == "nats://127.0.0.1:4222"  # services reach a wildcard listener on loopback
     assert options.service_env() == {
         "MESHRTC_INTERNAL_IP": "127.0.0.1",
-        "MESHRTC_DATACENTERS": "dc1,dc2,dc3",
         "MESHRTC_RELAY_PORT": "7900",
         "MESHRTC_RELAY_PEERS": "dc1@198.19.0.1:7900,dc3@198.19.0.10:7900",
         "MESHRTC_RELAY_KEYS": f"dc1-dc2:{KEY}",

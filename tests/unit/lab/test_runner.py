@@ -20,6 +20,9 @@ def test_each_dc_runs_meshrtc_dev_on_its_addresses(tmp_path: Path) -> None:
     assert hub[:4] == ["py", "-m", "meshrtc", "dev"]
     assert hub[hub.index("--bind") + 1] == plan.mgmt("dc1").dc_end.ip
     assert "--nats-leaf-port" in hub and "--nats-hub" not in hub
+    assert hub[hub.index("--media-nodes") + 1] == "1"
+    three = dev_argv(plan, "dc1", state_dir, media_nodes=3)
+    assert three[three.index("--media-nodes") + 1] == "3"
     assert spoke[spoke.index("--nats-hub") + 1] == f"nats-leaf://{plan.link('dc1', 'dc3').a.ip}:7422"
     peers = [spoke[i + 1] for i, arg in enumerate(spoke) if arg == "--relay-peer"]
     assert peers == [f"dc1@{plan.link('dc1', 'dc3').a.ip}:7900", f"dc2@{plan.link('dc2', 'dc3').a.ip}:7900"]

@@ -14,23 +14,18 @@ from services.relay.forwarder import Forwarder, StreamState, WanPlan
 from services.relay.routing import merge_routes
 from services.relay.wire import HEADER, HEADER_SIZE, VERSION, Kind, deliver_mask
 from shared.relay_wire import LocalType, encode_local, parse_local, stream_id
+from tests.support.sockets import loopback_udp
 
 KEYS = {frozenset((a, b)): os.urandom(32) for a in range(3) for b in range(3) if a < b}
 
-
-def udp() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.setblocking(False)
-    return sock
 
 
 class Mesh:
     """Three forwarders (dc indices 0, 1, 2) wired in a full mesh, pumped by hand."""
 
     def __init__(self) -> None:
-        self.wan = [udp() for _ in range(3)]
-        self.local = [udp() for _ in range(3)]
+        self.wan = [loopback_udp() for _ in range(3)]
+        self.local = [loopback_udp() for _ in range(3)]
         self.control: list[tuple[int, int, int, int, bytes]] = []
         self.nodes: list[Forwarder] = []
         for i in range(3):
@@ -76,12 +71,12 @@ def setup_stream(mesh: Mesh, routes: dict[int, tuple[int, ...]]) -> tuple[int, s
     mesh.nodes[0].streams[sid] = origin
     subscribers = []
     for dest in routes:
-        node_sock = udp()
+        node_sock = loopback_udp()
         subscribers.append(node_sock)
         state = StreamState(sid, "TR_test", 0, "room", "proj")
         state.local_targets = (node_sock.getsockname(),)
         mesh.nodes[dest].streams[sid] = state
-    publisher = udp()
+    publisher = loopback_udp()
     return sid, publisher, subscribers
 
 
@@ -92,9 +87,9 @@ def test_origin_transit_destination_delivers_and_reseals(mesh: Mesh) -> None:
     mesh.pump()
     got = [parse_local(d) for d in receive_all(sub2)]
     assert [(k, s, layer, p) for k, s, layer, p in got] == [(LocalType.RTP, sid, 1, b"rtp%d" % i) for i in range(5)]
-    assert mesh.nodes[1].peer_counters[0].data_packets_in == 5  # transit got them from dc0 ...
-    assert mesh.nodes[1].peer_counters[2].data_packets_out == 5  # ... and re-sealed them for dc2
-    assert mesh.nodes[0].peer_counters[2].data_packets_out == 0  # nothing on the direct link
+    assert mesh.nodes[1].peer_counters[0].packets_in[1] == 5  # transit got them from dc0 ...
+    assert mesh.nodes[1].peer_counters[2].packets_out[1] == 5  # ... and re-sealed them for dc2
+    assert mesh.nodes[0].peer_counters[2].packets_out[1] == 0  # nothing on the direct link
     assert mesh.nodes[1].drops["no_subscriber"] == 0  # transit does not deliver (not in the mask)
 
 
@@ -104,8 +99,8 @@ def test_prefix_merge_sends_one_copy_per_link(mesh: Mesh) -> None:
     mesh.pump()
     assert [parse_local(d)[3] for d in receive_all(sub1)] == [b"sr"]
     assert [parse_local(d)[3] for d in receive_all(sub2)] == [b"sr"]
-    assert mesh.nodes[0].peer_counters[1].data_packets_out == 1
-    assert mesh.nodes[0].peer_counters[2].data_packets_out == 0
+    assert mesh.nodes[0].peer_counters[1].packets_out[1] == 1
+    assert mesh.nodes[0].peer_counters[2].packets_out[1] == 0
     assert mesh.nodes[0].streams[sid].packets_out == 1
 
 
@@ -116,17 +111,17 @@ def test_keyframe_request_travels_back_to_the_publisher(mesh: Mesh) -> None:
     sub2.sendto(encode_local(LocalType.KEYFRAME, sid, 2), mesh.local[2].getsockname())
     mesh.pump()
     assert [parse_local(d)[:3] for d in receive_all(publisher)] == [(LocalType.KEYFRAME, sid, 2)]
-    assert mesh.nodes[1].peer_counters[2].ctl_packets_in == 1  # it went the route dc2 chose, via dc1
+    assert mesh.nodes[1].peer_counters[2].packets_in[0] == 1  # it went the route dc2 chose, via dc1
 
 
 def test_forged_replayed_and_looping_datagrams_are_dropped_and_counted(mesh: Mesh) -> None:
     sid, publisher, (sub2,) = setup_stream(mesh, {2: (0, 2)})
-    capture = udp()
+    capture = loopback_udp()
     mesh.nodes[0].peer_addrs[2] = capture.getsockname()  # tap the dc0 -> dc2 link
     publisher.sendto(encode_local(LocalType.RTP, sid, 0, b"x" * 100), mesh.local[0].getsockname())
     mesh.pump()
     (genuine,) = receive_all(capture)
-    attacker = udp()
+    attacker = loopback_udp()
     dc2 = mesh.wan[2].getsockname()
     tampered = bytearray(genuine)
     tampered[-20] ^= 1
@@ -161,11 +156,11 @@ def test_route_repeating_a_dc_is_never_forwarded(mesh: Mesh) -> None:
     mesh.wan[0].sendto(header + cipher.seal(cipher.counter, b"payload", header), mesh.wan[1].getsockname())
     mesh.pump()
     assert mesh.nodes[1].drops["route_loop"] == 1
-    assert mesh.nodes[1].peer_counters[0].data_packets_out == 0
+    assert mesh.nodes[1].peer_counters[0].packets_out[1] == 0
 
 
 def test_local_garbage_and_unknown_streams_are_counted(mesh: Mesh) -> None:
-    sock = udp()
+    sock = loopback_udp()
     sock.sendto(b"\x01", mesh.local[0].getsockname())
     sock.sendto(encode_local(LocalType.RTP, 42, 0, b"x"), mesh.local[0].getsockname())
     mesh.pump()

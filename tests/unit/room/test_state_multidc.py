@@ -14,6 +14,7 @@ from shared.events import (
     ParticipantLeft,
     RoomCreated,
     RoomFinished,
+    RoomMetadataUpdated,
 )
 
 ROOM = "standup"
@@ -122,3 +123,38 @@ def test_three_dcs_every_order_of_creations_converges() -> None:
         for order in interleavings(*(o.events for o in perm), samples=20):
             results.add(repr(fold(order)))
     assert results == {repr({ROOM: ("RM_dc3", "dc3", ["PA_dc1", "PA_dc2", "PA_dc3"])})}
+
+
+def test_concurrent_metadata_updates_converge_on_the_latest() -> None:
+    dc1, dc2 = Origin("dc1"), Origin("dc2")
+    dc1.emit(RoomCreated(sid="RM_a", name=ROOM, metadata="initial"), at=100)
+    dc1.emit(RoomMetadataUpdated(sid="RM_a", metadata="from dc1"), at=200)
+    dc2.emit(RoomMetadataUpdated(sid="RM_a", metadata="from dc2"), at=300)
+    results = set()
+    for order in interleavings(dc1.events, dc2.events):
+        registry = RoomRegistry()
+        for event in order:
+            registry.apply(event)
+        results.add(registry.rooms[ROOM].metadata)
+    assert results == {"from dc2"}  # also where dc2's update reached the fold before the room
+
+
+def test_a_join_that_overtakes_the_room_creation_from_a_third_dc_is_kept() -> None:
+    """dc3 folds dc1's creation and dc2's join (made after dc2 saw the creation) in any order."""
+    dc1, dc2 = Origin("dc1"), Origin("dc2")
+    dc1.emit(RoomCreated(sid="RM_a", name=ROOM), at=100)
+    dc1.emit(joined("PA_1", "RM_a", "dc1"), at=110)
+    dc2.emit(joined("PA_2", "RM_a", "dc2"), at=120)
+    dc2.emit(ParticipantLeft(sid="PA_2", identity="PA_2"), at=130)
+    dc2.emit(joined("PA_3", "RM_a", "dc2"), at=140)
+    for order in interleavings(dc1.events, dc2.events):
+        assert fold(order) == {ROOM: ("RM_a", "dc1", ["PA_1", "PA_3"])}, [e.type for e in order]
+
+
+def test_late_events_of_a_finished_room_do_not_leak_into_its_next_incarnation() -> None:
+    dc1 = Origin("dc1")
+    dc1.emit(RoomCreated(sid="RM_a", name=ROOM), at=100)
+    dc1.emit(RoomFinished(sid="RM_a"), at=200)
+    dc1.emit(joined("PA_late", "RM_a", "dc1"), at=210)  # a session that reported in after the finish
+    dc1.emit(RoomCreated(sid="RM_b", name=ROOM), at=300)
+    assert fold(dc1.events) == {ROOM: ("RM_b", "dc1", [])}
