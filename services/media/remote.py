@@ -67,6 +67,7 @@ class RemoteTrack(PublishedTrack):
         self.relay_subscribed = False
         self.on_wanted: Callable[[], None] | None = None
         self._next_seq: dict[str, int] = {}  # per rid: the sequence number expected next (video)
+        self._recovering: set[int] = set()  # layers that lost packets and wait for a keyframe
         self.loss_keyframes = 0
 
     def on_rtp(self, rid: str, packet: bytes) -> None:
@@ -75,20 +76,19 @@ class RemoteTrack(PublishedTrack):
             expected = self._next_seq.get(rid)
             if expected is not None and LOSS_KEYFRAME_PACKETS <= (seq - expected) & 0xFFFF < 0x8000:
                 self.loss_keyframes += 1
-                self.request_keyframe(RID_TO_LAYER.get(rid, 2) if rid else self.top_layer)
+                self._recovering.add(RID_TO_LAYER.get(rid, 2) if rid else self.top_layer)
             if expected is None or (seq - expected) & 0xFFFF < 0x8000:  # reordered packets do not rewind
                 self._next_seq[rid] = (seq + 1) & 0xFFFF
         super().on_rtp(rid, packet)
-
-    @property
-    def wanted(self) -> bool:
-        return bool(self._subs) and not self.closed
-
-    def add_subscriber(self, session: Session) -> None:
-        first = not self._subs
-        super().add_subscriber(session)
-        if first and self.on_wanted is not None:
-            self.on_wanted()
+        if self._recovering:
+            source = self._source
+            if source.layer in self._recovering:
+                if source.keyframe:
+                    self._recovering.discard(source.layer)
+                else:
+                    # Repeated (PLI_INTERVAL throttles it) until the keyframe comes: the first
+                    # request may have gone out on the path that just died.
+                    self.request_keyframe(source.layer)
 
     def send_keyframe_request(self, layer: int, ssrc: int) -> None:
         if self.relay is not None:

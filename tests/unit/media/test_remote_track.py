@@ -6,6 +6,7 @@ import base64
 import socket
 import struct
 
+import pytest
 from livekit.protocol import models
 
 from services.media.relay_link import RelayLink
@@ -57,6 +58,17 @@ def test_a_sequence_jump_asks_the_publisher_for_a_keyframe_through_the_relay() -
         assert (kind, stream, layer) == (LocalType.KEYFRAME, track.stream, 0)
         track.on_rtp("", vp8_packet(0xFFFF))  # far in the past after wrap-around arithmetic: ignored
         assert track.loss_keyframes == 1
+        # still no keyframe: asked again once the throttle allows (the first ask may be lost)
+        track._last_pli.clear()
+        track.on_rtp("", vp8_packet(118))
+        assert parse_local(relay.recv(64))[0] == LocalType.KEYFRAME
+        track._last_pli.clear()
+        track.on_rtp("", vp8_packet(119, keyframe=True))  # recovered: no more asking
+        track._last_pli.clear()
+        track.on_rtp("", vp8_packet(120))
+        relay.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            relay.recv(64)
     finally:
         relay.close()
         link.close()
