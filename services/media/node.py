@@ -309,22 +309,29 @@ class MediaNode(Service):
                 await asyncio.wait_for(self._relay_wake.wait(), RELAY_REFRESH)
             self._relay_wake.clear()
             now = time.monotonic()
-            self.relay_link.sweep(now)
             due = now - last_refresh >= RELAY_REFRESH
             if due:
                 last_refresh = now
-            calls = []
-            for room in list(self.rooms.values()):
-                for track in room.remote.remote_tracks() if room.remote else ():
-                    if track.wanted and (due or not track.relay_subscribed):
-                        self._relay_subscribed[track.sid] = track
-                        calls.append(self._relay_subscribe(track, RELAY_TTL))
-            for sid, track in list(self._relay_subscribed.items()):
-                if not track.wanted:
-                    del self._relay_subscribed[sid]
-                    calls.append(self._relay_subscribe(track, 0))
-            if calls:
-                await asyncio.gather(*calls)
+            try:
+                await self._refresh_relay(now, due)
+            except Exception:  # one bad round must not end the refreshes (subscriptions would lapse)
+                log.exception("relay subscription refresh failed")
+
+    async def _refresh_relay(self, now: float, due: bool) -> None:
+        assert self.relay_link
+        self.relay_link.sweep(now)
+        calls = []
+        for room in list(self.rooms.values()):
+            for track in room.remote.remote_tracks() if room.remote else ():
+                if track.wanted and (due or not track.relay_subscribed):
+                    self._relay_subscribed[track.sid] = track
+                    calls.append(self._relay_subscribe(track, RELAY_TTL))
+        for sid, track in list(self._relay_subscribed.items()):
+            if not track.wanted:
+                del self._relay_subscribed[sid]
+                calls.append(self._relay_subscribe(track, 0))
+        if calls:
+            await asyncio.gather(*calls)
 
     async def _relay_subscribe(self, track: RemoteTrack, ttl_s: float) -> None:
         assert self.bus and self.relay_link

@@ -90,6 +90,16 @@ class RemoteTrack(PublishedTrack):
                     # request may have gone out on the path that just died.
                     self.request_keyframe(source.layer)
 
+    @property
+    def wanted(self) -> bool:
+        return bool(self._subs) and not self.closed
+
+    def add_subscriber(self, session: Session) -> None:
+        first = not self._subs
+        super().add_subscriber(session)
+        if first and self.on_wanted is not None:
+            self.on_wanted()
+
     def send_keyframe_request(self, layer: int, ssrc: int) -> None:
         if self.relay is not None:
             self.link.request_keyframe(self, layer, self.relay)
