@@ -180,11 +180,13 @@ class MediaNode(Service):
         except ControlDecodeError as exc:
             return SessionOpened(ok=False, status=400, error=str(exc)).encode()
         room = self.rooms.get(spec.room.name)
-        if room is None or room.spec.sid != spec.room.sid:
-            if room is not None:
-                self._detach_feed(room)
+        if room is None:
             room = self.rooms[spec.room.name] = NodeRoom(spec.room)
             self._attach_feed(room)
+        elif room.spec.sid != spec.room.sid:
+            # Two DCs created the room at once and the mesh settled on the other sid: same room,
+            # its sessions here stay in it.
+            room.spec = spec.room
         for old in [self.sessions.get(spec.replaced_sid), room.by_identity(spec.identity)]:
             if old is not None and not old.closed:
                 await old.close(models.DisconnectReason.DUPLICATE_IDENTITY)
