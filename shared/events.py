@@ -157,6 +157,20 @@ class LinkStatus(StrEnum):
     DOWN = "down"
 
 
+class TrackWire(BaseModel):
+    """How a published track's RTP looks as its publisher sends it: what a node needs to forward
+    that RTP when it arrives through the relay instead of from the publisher's PeerConnection."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    kind: str  # audio | video
+    mime_type: str
+    clock_rate: int
+    payload_types: list[int]
+    rtx_payload_types: list[int] = []
+    extensions: dict[str, int] = {}  # header extension URI -> id
+    rids: list[str] = []  # simulcast layers sent, empty when not simulcast
+
+
 class TrackPayload(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
     sid: str
@@ -170,6 +184,7 @@ class TrackPayload(BaseModel):
     simulcast: bool = False
     mime_type: str = ""
     info: str = ""  # base64 of the livekit TrackInfo protobuf, so nothing LiveKit-visible is lost
+    wire: TrackWire | None = None
 
 
 # ---------------------------------------------------------------------------------------------

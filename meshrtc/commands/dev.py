@@ -62,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="a link's 256-bit key in hex (repeatable); prefer --relay-keys-file")
     multi.add_argument("--relay-keys-file", type=Path, help="file of dcA-dcB:HEX lines")
     parser.add_argument("--media-nodes", type=int, default=1, help="media processes to run (default 1)")
+    parser.add_argument("--media-capacity", type=int, default=Settings.media_capacity,
+                        help="participants per media node before placement counts it full (default 200)")
     parser.add_argument("--webhook", action="append", default=[], help="webhook URL (repeatable)")
     parser.add_argument("--dc", default="dc1")
     parser.add_argument("--data-dir", help="keep NATS and SQLite data here instead of a temporary dir")
@@ -117,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
             database_url=database_url, api_keys={DEV_KEY: DEV_SECRET},
             http_host=args.bind, http_port=args.port, advertise_ips=args.advertise_ip or ["127.0.0.1"],
             webhook_urls=args.webhook, dev=True, log_level=args.log_level.upper(),
+            media_capacity=args.media_capacity,
         )
         env = settings_to_env(settings)
         if options.multi_dc:
