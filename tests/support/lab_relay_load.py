@@ -19,10 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support.relay_mesh import StandInPublisher, StandInSubscriber
-
 from shared.bus import Bus
 from shared.relay_wire import stream_id
+from tests.support.relay_mesh import StandInPublisher, StandInSubscriber
 
 SILENCE = 0.1
 
