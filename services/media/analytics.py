@@ -177,14 +177,20 @@ class TrackAnalytics:
 
 def track_telemetry(track: PublishedTrack, now: float) -> tuple[TrackTelemetry, list[SubscriptionTelemetry]]:
     """One sample of a published track and of each of its subscriber legs."""
+    from .remote import RemoteTrack  # (remote imports track, which imports this module)
+
     publisher = track.publisher
-    spec = publisher.spec
+    if isinstance(track, RemoteTrack):  # received from another node through the relay
+        project, room, room_sid = track.project, track.room_name, ""
+    else:
+        spec = track.publisher.spec
+        project, room, room_sid = spec.project, spec.room.name, spec.room.sid
     subs = track.subscriptions()
     streams = track.layer_streams()
     sample = track.analytics.snapshot(now, track.bytes_in, streams, track.active_layers(now),
                                       [(sub, sub.stats) for sub in subs])
     kind = track.analytics.kind
-    common = {"project": spec.project, "room": spec.room.name, "room_sid": spec.room.sid, "track_sid": track.sid,
+    common = {"project": project, "room": room, "room_sid": room_sid, "track_sid": track.sid,
               "kind": kind, "interval_ms": sample.interval_ms}
     dynacast = track.dynacast.max_layer if track.dynacast is not None else None
     head = TrackTelemetry(
