@@ -429,59 +429,50 @@ class LayerStats(BaseModel):
     active: bool = True  # packets arrived within the last second
 
 
-@register
-class TrackTelemetry(EventPayload):
-    """A published track as this node receives it from its publisher."""
+class TelemetryPayload(EventPayload):
+    """What both telemetry samples carry (docs/analytics.md has each field's meaning per kind)."""
 
-    TYPE: ClassVar[str] = "telemetry.track"
     project: str = ""
     room: str
     room_sid: str = ""
     track_sid: str
-    participant_sid: str
+    participant_sid: str  # the publisher (telemetry.track) or the subscriber (telemetry.subscription)
     identity: str = ""
     kind: TrackKind
-    mime_type: str = ""
     interval_ms: int
     bytes_total: int = 0
     packets_total: int = 0
-    frames_total: int = 0  # of the best layer received
+    frames_total: int = 0
     bitrate_bps: float = 0.0
-    fps: float = 0.0  # of the best layer received
-    packet_loss: float = 0.0  # fraction 0..1 in the interval, worst layer
-    jitter_ms: float = 0.0  # worst layer
-    plis_total: int = 0  # keyframe requests sent to the publisher
+    fps: float = 0.0
+    packet_loss: float = 0.0  # fraction 0..1
+    jitter_ms: float = 0.0
+    plis_total: int = 0
+
+
+@register
+class TrackTelemetry(TelemetryPayload):
+    """A published track as this node receives it from its publisher: frames and fps of the best
+    layer received, loss and jitter of the worst, PLIs this node sent the publisher."""
+
+    TYPE: ClassVar[str] = "telemetry.track"
+    mime_type: str = ""
     layers: list[LayerStats] = []
     dynacast_max_layer: int | None = None  # highest layer the publisher was told to send; None: all
     subscribers: int = 0
 
 
 @register
-class SubscriptionTelemetry(EventPayload):
-    """One subscriber's leg of a track, as this node sends it and as the subscriber's receiver
-    reports tell us."""
+class SubscriptionTelemetry(TelemetryPayload):
+    """One subscriber's leg of a track, as this node sends it (bytes: RTP payload, what a
+    receiver's getStats counts as bytesReceived) and as the subscriber's last receiver report
+    tells us (loss, jitter)."""
 
     TYPE: ClassVar[str] = "telemetry.subscription"
-    project: str = ""
-    room: str
-    room_sid: str = ""
-    track_sid: str
     publisher_sid: str
-    participant_sid: str  # the subscriber
-    identity: str = ""
-    kind: TrackKind
-    interval_ms: int
-    bytes_total: int = 0  # RTP payload bytes (what a receiver's getStats counts as bytesReceived)
-    packets_total: int = 0
-    frames_total: int = 0
-    bitrate_bps: float = 0.0
-    fps: float = 0.0
-    packet_loss: float = 0.0  # fraction lost in the subscriber's last receiver report
-    jitter_ms: float = 0.0  # from the same report
     rtt_ms: float = 0.0  # from LSR/DLSR of the same report
     remb_bps: int = 0  # the subscriber's last REMB, 0 if it sends none
     nacks_total: int = 0  # NACKed packets asked for by the subscriber
-    plis_total: int = 0
     firs_total: int = 0
     layer: int = -1  # layer being forwarded now (-1 none yet)
     target_layer: int = -1  # layer the forwarder switches to on the next keyframe

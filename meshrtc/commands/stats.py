@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .token import UsageError
-from .usage import default_url, http_url, room_list_token
+from .usage import add_server_arguments, default_url, http_url, room_list_token
 
 LAYER_NAMES = {-1: "-", 0: "q", 1: "h", 2: "f"}
 CLEAR = "\x1b[H\x1b[2J"
@@ -118,9 +118,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     room.add_argument("--window", type=int, default=15, help="use samples of the last N seconds (default 15)")
     room.add_argument("--once", action="store_true", help="print one view and exit")
     room.add_argument("--json", action="store_true", help="print the API's JSON document once")
-    room.add_argument("--url", help="server URL (default MESHRTC_URL, else MESHRTC_HTTP_HOST:MESHRTC_HTTP_PORT)")
-    room.add_argument("--token", help="access token with roomList (or roomAdmin) grant; default: minted")
-    room.add_argument("--api-key", help="API key to mint the token with")
-    room.add_argument("--api-secret", help="API secret to mint the token with")
-    room.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout in seconds (default 10)")
+    add_server_arguments(room, timeout=10.0)
     room.set_defaults(func=_run_room)

@@ -155,10 +155,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--from", dest="from_", metavar="TIME", help="from this minute on (inclusive)")
     parser.add_argument("--to", metavar="TIME", help="up to this time (exclusive)")
     parser.add_argument("--json", action="store_true", help="print the API's JSON document")
+    parser.add_argument("--max-rows", type=int, help="per-minute rows to return (default 10000)")
+    add_server_arguments(parser, timeout=20.0)
+    parser.set_defaults(func=_run)
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, timeout: float) -> None:
+    """--url, --token, --api-key/--api-secret and --timeout of the commands that read the HTTP API."""
     parser.add_argument("--url", help="server URL (default MESHRTC_URL, else MESHRTC_HTTP_HOST:MESHRTC_HTTP_PORT)")
     parser.add_argument("--token", help="access token with roomList (or roomAdmin) grant; default: minted")
     parser.add_argument("--api-key", help="API key to mint the token with")
     parser.add_argument("--api-secret", help="API secret to mint the token with")
-    parser.add_argument("--max-rows", type=int, help="per-minute rows to return (default 10000)")
-    parser.add_argument("--timeout", type=float, default=20.0, help="HTTP timeout in seconds (default 20)")
-    parser.set_defaults(func=_run)
+    parser.add_argument("--timeout", type=float, default=timeout, help=f"HTTP timeout in seconds (default {timeout:g})")

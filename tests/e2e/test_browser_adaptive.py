@@ -63,10 +63,8 @@ async def test_adaptive_stream_follows_the_element_size(page_url: str, server: S
                 big = await received_size(browser, 25, (1280, 720))
                 assert big == (1280, 720), f"an enlarged element should get the top layer, got {big}"
             except BaseException:
-                print(await browser.diagnostics())
-                print("--- server log (tail) ---\n" + server.log()[-6000:])
+                print(await browser.diagnostics(), "\n--- server log (tail) ---\n" + server.log()[-6000:])
                 raise
     finally:
-        if video is not None and video.task is not None:
-            await cancel_all([video.task])
+        await cancel_all([video.task] if video is not None and video.task is not None else [])
         await publisher.disconnect()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,6 +31,8 @@ from shared.events import (
 from shared.natsserver import NatsServer
 from shared.subjects import telemetry_room_subject
 
+from .test_billing import bus  # noqa: F401 - the fixture, used by name
+
 pytestmark = [pytest.mark.filterwarnings("ignore:.*HMAC key.*")]
 
 DC, KEY, SECRET = "dc1", "devkey", "secret"
@@ -43,14 +44,6 @@ def settings(nats_server: NatsServer, tmp_path: Path) -> Settings:
     upgrade(url)
     return Settings(nats_url=nats_server.url, dc=DC, node_id="billing-test", database_url=url,
                     api_keys={KEY: SECRET}, telemetry_retention_s=3600)
-
-
-@pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    b = await Bus.connect(nats_server.url, name="test", dc=DC, node="media-test", connect_timeout=5)
-    await b.ensure_streams()
-    yield b
-    await b.close()
 
 
 def track_env(room: str, bytes_total: int, ts: int | None = None, project: str = KEY) -> Envelope:
@@ -80,7 +73,7 @@ async def wait_rows(service: BillingService, n: int) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_stored_once_served_per_room_and_pruned(settings: Settings, bus: Bus) -> None:
+async def test_stored_once_served_per_room_and_pruned(settings: Settings, bus: Bus) -> None:  # noqa: F811
     service = BillingService(settings)
     await service.start()
     try:
@@ -110,7 +103,7 @@ async def test_stored_once_served_per_room_and_pruned(settings: Settings, bus: B
         await service.stop()
 
 
-async def test_http_endpoint_checks_tokens_and_answers(settings: Settings, bus: Bus) -> None:
+async def test_http_endpoint_checks_tokens_and_answers(settings: Settings, bus: Bus) -> None:  # noqa: F811
     def token(**grant: object) -> str:
         return mint_token(KEY, SECRET, Claims(identity="ops", video=VideoGrant(**grant)))  # type: ignore[arg-type]
 
