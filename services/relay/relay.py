@@ -262,7 +262,7 @@ class Relay:
         return RelayStats(
             dc=self.dc, node_id="", relay_local=self.relay_local, links=links,
             paths={self.dcs[dest]: [self.dcs[i] for i in route] for dest, route in sorted(self.router.routes.items())},
-            peer_counters={self.dcs[peer]: c.as_dict() for peer, c in sorted(self.forwarder.peer_counters.items())},
+            peer_counters={self.dcs[peer]: link.counters() for peer, link in sorted(self.forwarder.peers.items())},
             drops=dict(self.forwarder.drops), streams=len(self.forwarder.streams),
             local_subscribers=self.subscriptions.local_count, loop_lag_ms=loop_lag_ms,
             loop_lag_worst_ms=loop_lag_worst_ms)

@@ -97,7 +97,7 @@ async def test_same_dc_track_fans_out_locally_without_wan(pair: Pair) -> None:
     await until(lambda: dc1.forwarder.streams[sid].keyframe_to is not None)
     pair.node.sock.sendto(encode_local(LocalType.RTP, sid, 0, b"x"), dc1.forwarder.local_sock.getsockname())
     await until(lambda: bool(_readable(a)) and bool(_readable(b)))
-    assert dc1.forwarder.peer_counters[1].packets_out[1] == 0
+    assert dc1.forwarder.peers[1].packets_out[1] == 0
     a.sendto(encode_local(LocalType.KEYFRAME, sid, 1), dc1.forwarder.local_sock.getsockname())
     await until(lambda: bool(_readable(pair.node.sock)))
     assert parse_local(pair.node.sock.recv(2048))[:3] == (LocalType.KEYFRAME, sid, 1)
