@@ -188,8 +188,14 @@ class Relay:
             state = StreamState(stream, ref.track_sid, self.dcs.index(ref.origin_dc), ref.room, ref.project)
             self.forwarder.streams[stream] = state
             self.refs[stream] = ref
-            self._last_refresh.pop(stream, None)
             self._refresh(stream, ref, time.monotonic())
+        elif self.refs[stream] != ref:  # the track moved to another node (or room details changed)
+            before, self.refs[stream] = self.refs[stream], ref
+            state.room, state.project = ref.room, ref.project
+            if before.origin_node != ref.origin_node:
+                if ref.origin_dc == self.dc:  # (a destination relay just refreshes; its origin moves)
+                    self._spawn(self._export(stream, before, 0))
+                self._refresh(stream, ref, time.monotonic())
         state.local_targets = tuple(interest.local)
         if ref.origin_dc == self.dc:
             routes = {dest: route for name in interest.remote
