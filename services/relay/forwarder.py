@@ -12,7 +12,9 @@ side (`services.relay.relay`) and swapped in as whole tuples.
   (same DC) or a WAN KEYFRAME to the origin DC.
 * WAN datagram: header checks (route loop-free, this relay is `route[hop]`), replay window,
   AEAD open with the previous hop's link key; then delivered here if `deliver` says so and/or
-  re-sealed for the next hop. Probes and SUBSCRIBE go to the control side by callback.
+  re-sealed for the next hop, or, at the route's last relay, copied once to each `deliver` DC
+  not on the route (the branches of the distribution tree, one direct hop each). Probes and
+  SUBSCRIBE go to the control side by callback.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from services.relay.crypto import InvalidTag, LinkCipher, ReplayWindow
-from services.relay.wire import HEADER, HEADER_SIZE, MAX_ROUTE, TAG_SIZE, VERSION, Kind, pack_route
+from services.relay.wire import HEADER, HEADER_SIZE, MAX_ROUTE, NO_DC, TAG_SIZE, VERSION, Kind, pack_route
 from shared.relay_wire import LOCAL_HEADER, LOCAL_HEADER_SIZE, LocalType
 
 Addr = tuple[str, int]
@@ -31,6 +33,7 @@ ControlHandler = Callable[[int, int, int, int, bytes], None]  # kind, sender or 
 _DATA = (Kind.RTP, Kind.RTCP)
 _MIN_WAN = HEADER_SIZE + TAG_SIZE
 _RECV_BATCH = 256
+_NO_DC = bytes((NO_DC,))
 
 
 class PeerLink:
@@ -221,6 +224,26 @@ class Forwarder:
         if hop + 1 < route_len:
             next_dc = route_bytes[hop + 1]
             self.seal_and_send(kind, route_bytes, route_len, hop + 1, deliver, stream, layer, body, next_dc)
+        elif deliver & ~self.self_bit:
+            self._branch(kind, route_bytes, route_len, deliver, stream, layer, body)
+
+    def _branch(self, kind: int, route_bytes: bytes, route_len: int, deliver: int, stream: int, layer: int,
+                body: bytes) -> None:
+        """Last relay of the route: one copy over the direct link to each `deliver` DC not on the
+        route, its route extended by that DC alone (so it can go no further)."""
+        for dc in route_bytes[:route_len]:
+            deliver &= ~(1 << dc)
+        if not deliver:
+            return
+        if route_len >= MAX_ROUTE:
+            self.drops["route_invalid"] += 1
+            return
+        prefix, hop = route_bytes[:route_len], route_len
+        while deliver:
+            dc = (deliver & -deliver).bit_length() - 1
+            deliver &= deliver - 1
+            extended = prefix + bytes((dc,)) + _NO_DC * (MAX_ROUTE - route_len - 1)
+            self.seal_and_send(kind, extended, route_len + 1, hop, 1 << dc, stream, layer, body, dc)
 
     def _deliver(self, kind: int, origin: int, stream: int, layer: int, body: bytes) -> None:
         if kind == Kind.RTP or kind == Kind.RTCP:

@@ -104,6 +104,31 @@ def test_prefix_merge_sends_one_copy_per_link(mesh: Mesh) -> None:
     assert mesh.nodes[0].streams[sid].packets_out == 1
 
 
+def test_last_relay_branches_to_destinations_behind_it(mesh: Mesh) -> None:
+    """dc1 and dc2 behind dc1 (say dc0-dc2 is down): one datagram to dc1, which delivers it and
+    sends the one copy dc2 needs over its direct link."""
+    sid, publisher, (sub1, sub2) = setup_stream(mesh, {1: (0, 1), 2: (0, 1, 2)})
+    assert [(p.route, p.deliver) for p in mesh.nodes[0].streams[sid].wan_plans] == [((0, 1), 0b110)]
+    for seq in range(3):
+        publisher.sendto(encode_local(LocalType.RTP, sid, 0, b"p%d" % seq), mesh.local[0].getsockname())
+    mesh.pump()
+    assert [parse_local(d)[3] for d in receive_all(sub1)] == [b"p0", b"p1", b"p2"]
+    assert [parse_local(d)[3] for d in receive_all(sub2)] == [b"p0", b"p1", b"p2"]
+    assert mesh.nodes[0].peers[1].packets_out[1] == 3
+    assert mesh.nodes[0].peers[2].packets_out[1] == 0
+    assert mesh.nodes[1].peers[2].packets_out[1] == 3
+
+
+def test_branches_never_return_to_a_dc_on_the_route(mesh: Mesh) -> None:
+    """A deliver mask naming the origin is not a branch back to it (no loop via the mask)."""
+    sid, publisher, (sub1,) = setup_stream(mesh, {1: (0, 1)})
+    mesh.nodes[0].streams[sid].wan_plans = (WanPlan((0, 1), deliver_mask([0, 1])),)
+    publisher.sendto(encode_local(LocalType.RTP, sid, 0, b"x"), mesh.local[0].getsockname())
+    mesh.pump()
+    assert len(receive_all(sub1)) == 1
+    assert mesh.nodes[1].peers[0].packets_out[1] == 0
+
+
 def test_keyframe_request_travels_back_to_the_publisher(mesh: Mesh) -> None:
     sid, publisher, (sub2,) = setup_stream(mesh, {2: (0, 2)})
     mesh.nodes[0].streams[sid].keyframe_to = publisher.getsockname()
