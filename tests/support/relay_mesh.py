@@ -38,6 +38,17 @@ def free_udp_port() -> int:
         return sock.getsockname()[1]
 
 
+def end_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (if still running), then SIGKILL after 10 s."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class RelayMesh:
     def __init__(self, workdir: Path, dcs: tuple[str, ...] = ("dc1", "dc2", "dc3"),
                  proxied: tuple[str, str] = ("dc1", "dc2")) -> None:
@@ -104,15 +115,11 @@ class RelayMesh:
         return (self.workdir / f"relay-{dc}.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        for process in self.processes.values():
+        for process in self.processes.values():  # all get SIGTERM first, then each is awaited
             if process.poll() is None:
                 process.terminate()
         for process in self.processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            end_process(process)
         for server in self.nats.values():
             server.stop()
         self.proxy.stop()
@@ -259,12 +266,7 @@ class PublisherProcess:
         return int(await bus.request(_sent_subject(self.node), b"", timeout=5))
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        end_process(self.process)
 
 
 def _sent_subject(node: str) -> str:
