@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -54,7 +55,7 @@ EXPORT_TIMEOUT_S = 1.0
 
 class Relay:
     def __init__(self, dc: str, dcs: list[str], link_keys: dict[str, bytes], peer_addrs: dict[str, Addr],
-                 wan_sock: object, local_sock: object, relay_local: str, request: Request, emit: Emit,
+                 wan_sock: socket.socket, local_sock: socket.socket, relay_local: str, request: Request, emit: Emit,
                  policy: RoutePolicy | None = None, probe_interval: float = 0.1) -> None:
         self.dc = dc
         self.dcs = dcs
@@ -64,7 +65,7 @@ class Relay:
         self.emit = emit
         peers = {dcs.index(name): name for name in peer_addrs}
         ciphers = {i: LinkCipher(link_keys[name], self.index, i) for i, name in peers.items()}
-        self.forwarder = Forwarder(self.index, len(dcs), wan_sock, local_sock, ciphers,  # type: ignore[arg-type]
+        self.forwarder = Forwarder(self.index, len(dcs), wan_sock, local_sock, ciphers,
                                    {i: peer_addrs[name] for i, name in peers.items()}, self.on_control)
         self.monitor = LinkMonitor(self.index, sorted(peers), interval=probe_interval)
         self.router = Router(self.index, len(dcs), policy or RoutePolicy())
