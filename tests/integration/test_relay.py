@@ -7,6 +7,7 @@ import asyncio
 import os
 import socket
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 
 import httpx
@@ -260,9 +261,11 @@ async def test_two_hundred_streams_rerouted_at_once(mesh: RelayMesh) -> None:
             assert gaps[-1] < 1.0, f"a stream stopped for {gaps[-1]:.3f}s"
             # dc3 forwards every datagram it reads (same snapshot, so in and out match exactly)
             received = steady.peer_counters["dc1"]["data_packets_in"] - dc3.peer_counters["dc1"]["data_packets_in"]
-            overflowed = mesh.udp_socket_drops().get(mesh.wan_ports["dc3"], 0)
+            kernel, dc1 = defaultdict(int, mesh.udp_socket_drops()), await clients.stats("dc1")
+            overflowed = kernel[mesh.wan_ports["dc3"]]
             print(f"dc3 read {received} datagrams in steady transit, its socket overflowed {overflowed} times; "
-                  f"the publisher sent {published}")
+                  f"the publisher sent {published}; dc1 dropped {dc1.drops}, its local socket overflowed "
+                  f"{kernel[int(dc1.relay_local.rsplit(':', 1)[1])]} times")
             assert carried == received > 0, (carried, received, published)
             # The reroute does not make the transit relay work harder: no per-session state to build
             # (plus two ticks of the CPU-time clock spread over the packets).
