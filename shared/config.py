@@ -158,6 +158,12 @@ class Settings:
     nats_connect_timeout: float = 10.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # 0: no separate /metrics listener (signal always serves /metrics)
+    datacenters: list[str] = field(default_factory=list)  # every DC of the mesh; empty: just `dc`
+
+    @property
+    def mesh_dcs(self) -> list[str]:
+        """The DCs whose events this DC replicates (MESHRTC_DATACENTERS), always including `dc`."""
+        return self.datacenters if self.dc in self.datacenters else [*self.datacenters, self.dc]
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -218,7 +224,25 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         nats_connect_timeout=float(_int(env, "MESHRTC_NATS_CONNECT_TIMEOUT", 10)),
         metrics_host=env.get("MESHRTC_METRICS_HOST", "127.0.0.1"),
         metrics_port=_int(env, "MESHRTC_METRICS_PORT", 0),
+        datacenters=_list(env, "MESHRTC_DATACENTERS"),
     )
+    from shared.subjects import check_dc
+
+    try:
+        check_dc(settings.dc)
+    except ValueError as exc:
+        raise ConfigError("MESHRTC_DC", str(exc)) from None
+    for dc in settings.datacenters:
+        try:
+            check_dc(dc)
+        except ValueError as exc:
+            raise ConfigError("MESHRTC_DATACENTERS", str(exc)) from None
+    if len(set(settings.datacenters)) != len(settings.datacenters):
+        raise ConfigError("MESHRTC_DATACENTERS", f"a datacenter is listed twice: {settings.datacenters}")
+    if settings.datacenters and settings.dc not in settings.datacenters:
+        raise ConfigError("MESHRTC_DATACENTERS", f"must include this DC ({settings.dc}), got {settings.datacenters}")
+    if not settings.datacenters:
+        settings = replace(settings, datacenters=[settings.dc])
     if not settings.nats_url.startswith(("nats://", "tls://", "ws://", "wss://")):
         raise ConfigError("MESHRTC_NATS_URL", f"expected nats://host:port, got {settings.nats_url!r}")
     return settings
@@ -245,6 +269,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         "MESHRTC_RELAY_PEERS": ",".join(f"{dc}@{address}" for dc, address in settings.relay_peers.items()),
         "MESHRTC_RELAY_KEYS": ",".join(f"{link}:{key}" for link, key in settings.relay_keys.items()),
         "MESHRTC_INTERNAL_IP": settings.internal_ip,
+        "MESHRTC_DATACENTERS": ",".join(settings.mesh_dcs),
     }
     if settings.rtc_port_min:
         env["MESHRTC_RTC_PORT_RANGE"] = f"{settings.rtc_port_min}-{settings.rtc_port_max}"
