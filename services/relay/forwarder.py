@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from services.relay.crypto import InvalidTag, LinkCipher, ReplayWindow
 from services.relay.wire import HEADER, HEADER_SIZE, MAX_ROUTE, NO_DC, TAG_SIZE, VERSION, Kind, pack_route
-from shared.relay_wire import LOCAL_HEADER, LOCAL_HEADER_SIZE, LocalType
+from shared.relay_wire import LOCAL_HEADER, LOCAL_HEADER_SIZE, NOT_SIMULCAST, LocalType
 
 Addr = tuple[str, int]
 ControlHandler = Callable[[int, int, int, int, bytes], None]  # kind, sender or requester DC, stream, layer, body
@@ -127,6 +127,13 @@ class Forwarder:
                 self.drops["recv_error"] += 1
                 return
             self.on_local(data, addr)
+
+    def ask_keyframe(self, stream: int) -> None:
+        """Ask the publisher's node for a keyframe on every layer (a route just changed: what was
+        in flight on the old one is lost, and the subscribers' own requests may be too)."""
+        state = self.streams.get(stream)
+        if state is not None and state.keyframe_to is not None:
+            self._send_local(LOCAL_HEADER.pack(LocalType.KEYFRAME, stream, NOT_SIMULCAST), state.keyframe_to)
 
     def _send_local(self, data: bytes, addr: Addr) -> None:
         try:

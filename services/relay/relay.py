@@ -136,9 +136,13 @@ class Relay:
             self.forwarder.routes[dest] = route
             log.info("route %s -> %s: %s", self.dc, self.dcs[dest],
                      " -> ".join(self.dcs[i] for i in route) if route else "none")
+        moved = {self.dcs[dest] for dest in changed}
         for stream, ref in list(self.refs.items()):
             if ref.origin_dc == self.dc:
                 self._apply(stream)
+                interest = self.subscriptions.get(stream)
+                if interest is not None and moved.intersection(interest.remote):
+                    self.forwarder.ask_keyframe(stream)
 
     def on_control(self, kind: int, peer: int, stream: int, layer: int, body: bytes) -> None:
         """Called by the forwarder for authenticated control datagrams (peer = sender or requester)."""

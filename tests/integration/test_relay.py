@@ -15,6 +15,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from shared.events import Envelope, LinkStatus, UsageSample
+from shared.relay_wire import NOT_SIMULCAST, stream_id
 from tests.support.relay_mesh import MeshClients, PublisherProcess, RelayMesh, StandInPublisher, StandInSubscriber
 
 pytestmark = pytest.mark.slow
@@ -153,6 +154,8 @@ async def test_cut_link_reroutes_within_a_second_and_returns_to_direct(mesh: Rel
             assert (await clients.stats("dc3")).peer_counters["dc2"]["data_packets_out"] > transit_before + 50
             print(f"\nlongest gap after the cut: {gap * 1000:.0f} ms")
             assert gap < 1.0, f"media stopped for {gap:.3f}s after the cut"
+            # the origin relay asked the publisher for a keyframe on the new route, on every layer
+            assert (stream_id("TR_failover"), NOT_SIMULCAST) in publisher.keyframes
             link = next(x for x in stats.links if x.src_dc == "dc1" and x.dst_dc == "dc2")
             assert link.status == "down"
             changes = [(e.payload.src_dc, e.payload.dst_dc, e.payload.status) for e in events]  # type: ignore[attr-defined]
