@@ -155,7 +155,8 @@ class RelayLink:
                 if local is None:
                     self.dropped_unknown += 1
                     continue
-                local.request_keyframe(local.top_layer if layer == NOT_SIMULCAST else layer)
+                for wanted in (local.layers if layer == NOT_SIMULCAST else (layer,)):
+                    local.request_keyframe(wanted)
             else:
                 remote = self.remote.get(stream)
                 if remote is None:

@@ -32,6 +32,7 @@ class FakeTrackSink:
         self.rtcp: list[object] = []
         self.keyframes: list[int] = []
         self.top_layer = 2
+        self.layers = [0, 1, 2]
         self.closed = False
         self.exports: TrackExports | None = None
 
@@ -72,7 +73,7 @@ async def test_incoming_datagrams_reach_their_tracks_and_garbage_is_counted() ->
             await asyncio.sleep(0.01)
         assert remote.rtp == [("q", b"rtp-q"), ("", b"plain")]
         assert [p.ssrc for p in remote.rtcp] == [1234]  # type: ignore[attr-defined]
-        assert local.keyframes == [1, 2]
+        assert local.keyframes == [1, 0, 1, 2]  # a request without a layer asks every layer
         assert (link.dropped_malformed, link.dropped_unknown) == (2, 1)
     finally:
         sender.close()
