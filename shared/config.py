@@ -70,6 +70,7 @@ class Settings:
     log_level: str = "INFO"
     heartbeat_ms: int = 500  # node.down after 3 missed beats: a dead media node is noticed within 2 s
     media_capacity: int = 200  # participants a media node accepts before it counts as full
+    resume_grace_ms: int = 15000  # a session whose WebSocket dropped waits this long for a resume
     pricing_file: str = ""
     relay_port: int = 0
     relay_keys: dict[str, str] = field(default_factory=dict)
@@ -125,6 +126,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=env.get("MESHRTC_LOG_LEVEL", "INFO").upper(),
         heartbeat_ms=_int(env, "MESHRTC_HEARTBEAT_MS", Settings.heartbeat_ms),
         media_capacity=_int(env, "MESHRTC_MEDIA_CAPACITY", Settings.media_capacity),
+        resume_grace_ms=_int(env, "MESHRTC_RESUME_GRACE_MS", Settings.resume_grace_ms),
         pricing_file=env.get("MESHRTC_PRICING_FILE", ""),
         relay_port=_int(env, "MESHRTC_RELAY_PORT", 0),
         relay_keys=relay_keys,
@@ -159,6 +161,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         "MESHRTC_LOG_LEVEL": settings.log_level,
         "MESHRTC_HEARTBEAT_MS": str(settings.heartbeat_ms),
         "MESHRTC_MEDIA_CAPACITY": str(settings.media_capacity),
+        "MESHRTC_RESUME_GRACE_MS": str(settings.resume_grace_ms),
     }
     if settings.rtc_port_min:
         env["MESHRTC_RTC_PORT_RANGE"] = f"{settings.rtc_port_min}-{settings.rtc_port_max}"

@@ -88,5 +88,10 @@ def session_to_signal_subject(participant_sid: str) -> str:
     return f"sess.client.{participant_sid}.down"
 
 
+def session_resume_subject(participant_sid: str) -> str:
+    """Signal -> the media node holding this session (only that node answers)."""
+    return f"sess.resume.{participant_sid}"
+
+
 def stream_name(kind: str, dc: str) -> str:
     return f"{kind.upper()}_{check_dc(dc).upper().replace('-', '_')}"

@@ -699,6 +699,12 @@ class MediaPeer:
             if getattr(receiver, "_RTCRtpReceiver__decoder_thread", None) is not None:
                 receiver._RTCRtpReceiver__stop_decoder()  # type: ignore[attr-defined]
 
+    @property
+    def ice_restarts(self) -> int:
+        """ICE restarts begun on this connection (ice_restart.py)."""
+        switch = self._ice_switch()
+        return switch.restarts if switch is not None else 0
+
     def _ice_switch(self) -> IceSwitch | None:
         """The ICE restart switch of the (bundled) transport, once ICE has been set up."""
         ice = self._ice_transport()

@@ -1,0 +1,169 @@
+"""Resume: two signal instances behind one URL (a TCP front that fails over, as a load
+balancer would); the one serving the clients is SIGKILLed mid-call. Clients of the official
+Python SDK lose their WebSocket, reconnect with `reconnect=1&sid=...` through the front to the
+other instance and resume on their existing media sessions: same participant sid, no full
+rejoin, the viewer's video never pauses longer than 200 ms, and reliable data sent across the
+drop arrives exactly once. (The Rust core tries a resume once and escalates to a full rejoin
+if that attempt fails, so a lone signal instance that is still restarting gets a full rejoin.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import re
+import signal
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from livekit import rtc
+
+from .conftest import DevServer, start_dev_server, stop_dev_server
+from .front import TcpFront, start_second_signal
+from .sdk_helpers import publish_synthetic, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+warnings.filterwarnings("ignore", message=".*HMAC key.*")
+
+MAX_VIDEO_GAP = 0.200  # seconds (issue #8)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    tmp = tmp_path_factory.mktemp("devresume")
+    dev = start_dev_server(tmp)
+    second = None
+    try:
+        second, port = start_second_signal(child_pid(dev, "signal"), tmp / "signal-b.log")
+        dev.second_signal_port = port  # type: ignore[attr-defined]
+        dev.second_signal_log = tmp / "signal-b.log"  # type: ignore[attr-defined]
+        yield dev
+    finally:
+        if second is not None:
+            second.terminate()
+            second.wait(10)
+        stop_dev_server(dev)
+
+
+def child_pid(dev: DevServer, service: str) -> int:
+    """The pid of `meshrtc serve <service>` under the dev server."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = [part.decode() for part in (entry / "cmdline").read_bytes().split(b"\0") if part]
+            stat = (entry / "stat").read_text().split()
+        except OSError:
+            continue
+        if int(stat[3]) == dev.process.pid and cmdline[-2:] == ["serve", service]:
+            return int(entry.name)
+    raise AssertionError(f"no `meshrtc serve {service}` under meshrtc dev")
+
+
+class FrameClock:
+    """Arrival time of every decoded video frame of the first video track subscribed."""
+
+    def __init__(self, room: rtc.Room) -> None:
+        self.times: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+        @room.on("track_subscribed")
+        def on_track(track: rtc.Track, *_: object) -> None:
+            if isinstance(track, rtc.RemoteVideoTrack) and self._task is None:
+                self._task = asyncio.ensure_future(self._read(track))
+
+    async def _read(self, track: rtc.RemoteVideoTrack) -> None:
+        async for _ in rtc.VideoStream(track):
+            self.times.append(time.monotonic())
+
+    def worst_gap(self, start: float, end: float) -> float:
+        times = [t for t in self.times if start <= t <= end]
+        assert len(times) > 10, "no video in the window"
+        return max(b - a for a, b in itertools.pairwise(times))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def test_signal_killed_clients_resume_on_their_sessions(server: DevServer) -> None:
+    speaker, viewer = rtc.Room(), rtc.Room()
+    clock = FrameClock(viewer)
+    events: dict[str, list[str]] = {"speaker": [], "viewer": []}
+    for name, room in (("speaker", speaker), ("viewer", viewer)):
+        for kind in ("reconnecting", "reconnected", "disconnected"):
+            room.on(kind, lambda *_, name=name, kind=kind: events[name].append(kind))
+    left: list[str] = []
+    viewer.on("participant_disconnected", lambda p: left.append(p.identity))
+    received: list[bytes] = []
+    viewer.on("data_received", lambda packet: received.append(packet.data))
+    sent: list[bytes] = []
+    publisher = None
+    sender: asyncio.Task[None] | None = None
+    dev_port = int(server.url.rsplit(":", 1)[1])
+    front = TcpFront([dev_port, server.second_signal_port])  # type: ignore[attr-defined]
+    await front.start()
+    try:
+        await viewer.connect(front.url, server.token("viewer", "resume-room"))
+        await speaker.connect(front.url, server.token("speaker", "resume-room"))
+        sids = (speaker.local_participant.sid, viewer.local_participant.sid)
+        publisher = await publish_synthetic(speaker, 320, 180, audio=False, simulcast=False)
+        assert await wait_for(lambda: len(clock.times) > 30, 30), "no video before the kill"
+
+        async def send_data() -> None:
+            index = 0
+            while True:
+                payload = f"msg-{index}".encode()
+                await speaker.local_participant.publish_data(payload, reliable=True, topic="resume")
+                sent.append(payload)
+                index += 1
+                await asyncio.sleep(0.05)
+
+        sender = asyncio.ensure_future(send_data())
+        await asyncio.sleep(1)
+        killed_at = time.monotonic()
+        os.kill(child_pid(server, "signal"), signal.SIGKILL)
+        assert await wait_for(lambda: "reconnecting" in events["speaker"] and "reconnecting" in events["viewer"],
+                              30), f"clients did not notice the drop: {events}"
+        assert await wait_for(lambda: "reconnected" in events["speaker"] and "reconnected" in events["viewer"],
+                              60), f"clients did not come back: {events}"
+        resumed_at = time.monotonic()
+        await asyncio.sleep(3)
+        sender.cancel()
+        sender = None
+        await asyncio.sleep(1.5)  # the last messages in flight
+
+        assert (speaker.local_participant.sid, viewer.local_participant.sid) == sids, "full rejoin, not a resume"
+        assert "disconnected" not in events["speaker"] + events["viewer"]
+        assert left == [], f"participants left the room: {left}"
+        assert [p.identity for p in viewer.remote_participants.values()] == ["speaker"]
+        assert server.second_signal_port in front.routed  # type: ignore[attr-defined]
+        stats = await server.node_stats()
+        # the speaker restarts both PeerConnections; the viewer never negotiated a publisher one
+        restarts = (stats.ice_restarts.get(sids[0], 0), stats.ice_restarts.get(sids[1], 0))
+        assert restarts[0] >= 2 and restarts[1] >= 1, f"ICE restarts (speaker, viewer): {restarts}"
+        log = server.log()
+        for sid in sids:
+            assert re.search(rf"session {sid} resumed", log), f"no resume of {sid} in the server log"
+        gap = clock.worst_gap(killed_at - 1, time.monotonic())
+        print(f"signal down→both resumed {resumed_at - killed_at:.2f}s; worst video gap at the viewer "
+              f"{gap * 1000:.0f} ms; data sent {len(sent)}, received {len(received)}")
+        assert gap < MAX_VIDEO_GAP, f"video paused {gap * 1000:.0f} ms at the viewer"
+        duplicates = {m for m in received if received.count(m) > 1}
+        assert not duplicates, f"data delivered twice: {sorted(duplicates)[:5]}"
+        missing = [m for m in sent if m not in set(received)]
+        assert not missing, f"{len(missing)} data packets lost, e.g. {missing[:5]}"
+        assert received == sent, "data reordered"
+    finally:
+        if sender is not None:
+            sender.cancel()
+        await clock.stop()
+        if publisher is not None:
+            await publisher.stop()
+        for room in (speaker, viewer):
+            await room.disconnect()
+        await front.close()
