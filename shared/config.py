@@ -70,7 +70,7 @@ class Settings:
     log_level: str = "INFO"
     heartbeat_ms: int = 500  # node.down after 3 missed beats: a dead media node is noticed within 2 s
     media_capacity: int = 200  # participants a media node accepts before it counts as full
-    resume_grace_ms: int = 15000  # a session whose WebSocket dropped waits this long for a resume
+    resume_grace_ms: int = 10000  # a session whose WebSocket dropped waits this long for a resume
     pricing_file: str = ""
     relay_port: int = 0
     relay_keys: dict[str, str] = field(default_factory=dict)

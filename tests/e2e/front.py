@@ -52,11 +52,17 @@ class TcpFront:
             while data := await source.read(65536):
                 sink.write(data)
                 await sink.drain()
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, asyncio.CancelledError):
             pass
         finally:
             with contextlib.suppress(Exception):
                 sink.close()
+
+    def cut(self) -> None:
+        """Every connection drops and new ones are refused (the clients' network is gone)."""
+        self.backends = []
+        for task in list(self._pipes):
+            task.cancel()
 
     async def close(self) -> None:
         if self._server is not None:

@@ -14,15 +14,18 @@ import itertools
 import os
 import re
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from livekit import rtc
+import websockets
+from livekit import api, rtc
+from livekit.protocol import rtc as rtc_proto
 
-from .conftest import DevServer, start_dev_server, stop_dev_server
+from .conftest import API_KEY, API_SECRET, DevServer, start_dev_server, stop_dev_server
 from .front import TcpFront, start_second_signal
 from .sdk_helpers import publish_synthetic, wait_for
 
@@ -167,3 +170,64 @@ async def test_signal_killed_clients_resume_on_their_sessions(server: DevServer)
         for room in (speaker, viewer):
             await room.disconnect()
         await front.close()
+
+
+GRACE = 10.0  # MESHRTC_RESUME_GRACE_MS of `meshrtc dev` (the default)
+
+
+async def test_session_not_resumed_within_grace_leaves_the_room(server: DevServer) -> None:
+    """A client process SIGKILLed: its WebSocket drops (the kernel resets it) but nothing closes
+    its PeerConnections, so the session waits out the grace period (others still see it), then
+    the participant leaves the room as any participant does."""
+    observer = rtc.Room()
+    left: list[tuple[str, float]] = []
+    observer.on("participant_disconnected", lambda p: left.append((p.identity, time.monotonic())))
+    client = api.LiveKitAPI(server.http_url, API_KEY, API_SECRET)
+    process = None
+    try:
+        await observer.connect(server.url, server.token("observer", "grace-room"))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).parent / "sdk_client_proc.py"), "sdk", server.url, "0",
+            server.token("victim", "grace-room"), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        assert line.startswith("READY"), line
+        assert await wait_for(lambda: "victim" in [p.identity for p in observer.remote_participants.values()], 10)
+        await asyncio.sleep(1)  # ICE connected: resumable
+        os.kill(process.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        await process.wait()
+        assert await wait_for(lambda: bool(left), GRACE + 15), "the participant never left"
+        took = left[0][1] - killed_at
+        print(f"left {took:.1f}s after its process was killed (grace {GRACE:.0f}s)")
+        assert left[0][0] == "victim"
+        assert took > GRACE * 0.8, f"closed after {took:.1f}s: no grace period"
+        listed = await client.room.list_participants(api.ListParticipantsRequest(room="grace-room"))
+        assert [p.identity for p in listed.participants] == ["observer"]
+    finally:
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+        await client.aclose()
+        await observer.disconnect()
+
+
+async def test_resume_with_someone_elses_token_is_refused(server: DevServer) -> None:
+    owner = rtc.Room()
+    try:
+        await owner.connect(server.url, server.token("owner", "steal-room"))
+        await asyncio.sleep(1)
+        sid = owner.local_participant.sid
+        url = (f"{server.url}/rtc?access_token={server.token('thief', 'steal-room')}"
+               f"&reconnect=1&sid={sid}&reconnect_reason=1")
+        async with websockets.connect(url) as ws:
+            first = rtc_proto.SignalResponse.FromString(await asyncio.wait_for(ws.recv(), 5))
+        assert first.WhichOneof("message") == "leave"
+        assert first.leave.action == rtc_proto.LeaveRequest.Action.RECONNECT
+        await asyncio.sleep(1)
+        assert owner.connection_state == rtc.ConnectionState.CONN_CONNECTED
+        stats = await server.node_stats()
+        assert stats.rooms.get("steal-room") == ["owner"]
+    finally:
+        await owner.disconnect()
