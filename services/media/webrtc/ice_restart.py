@@ -36,9 +36,10 @@ from aiortc.rtcicetransport import RTCIceTransport
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RESTART_DEADLINE", "IceRestartError", "IceSwitch"]
+__all__ = ["OLD_LINGER", "RESTART_DEADLINE", "IceRestartError", "IceSwitch"]
 
 RESTART_DEADLINE = 20.0  # seconds the new connection has to nominate a pair
+OLD_LINGER = 5.0  # seconds the replaced connection keeps receiving after the switch
 
 
 class IceRestartError(RuntimeError):
@@ -56,6 +57,7 @@ class IceSwitch:
         self.restarts = 0
         self._settled: asyncio.Future[bool] | None = None
         self._connect_task: asyncio.Task[None] | None = None
+        self._begun_at = 0.0
         transport._recv = self.recv  # type: ignore[method-assign]
         transport._send = self.send  # type: ignore[method-assign]
 
@@ -130,6 +132,7 @@ class IceSwitch:
         new.data_received = self._into_active_queue  # type: ignore[method-assign]
         self.pending = new
         self._settled = asyncio.get_running_loop().create_future()
+        self._begun_at = asyncio.get_running_loop().time()
         self._connect_task = None
         self.transport._connection = new
         self.transport.iceGatherer._connection = new
@@ -175,8 +178,14 @@ class IceSwitch:
         self._connect_task = None
         if self._settled is not None and not self._settled.done():
             self._settled.set_result(True)
-        background_close(old)  # wakes a read still waiting on it, which moves to `new`
-        logger.debug("ICE restart %d: switched to %s", self.restarts, new.local_username)
+        # The remote may still send on the old pair for a moment (its switch is not ours): the old
+        # sockets keep receiving for OLD_LINGER seconds, into the new queue, then close.
+        old.data_received = self._into_active_queue  # type: ignore[method-assign]
+        old._queue.put_nowait(None)  # a read waiting on the old queue moves to the new one
+        background_close(old, OLD_LINGER)
+        logger.info("ICE restart %d (%s): switched to the new connection %.2f s after it began", self.restarts,
+                    "controlling" if new.ice_controlling else "controlled",
+                    asyncio.get_running_loop().time() - self._begun_at)
         if self.on_switched is not None:
             try:
                 self.on_switched()
@@ -231,7 +240,11 @@ class IceSwitch:
 _closing: set[asyncio.Task[Any]] = set()
 
 
-def background_close(connection: Connection) -> None:
-    task = asyncio.ensure_future(connection.close())
+def background_close(connection: Connection, delay: float = 0.0) -> None:
+    async def close() -> None:
+        await asyncio.sleep(delay)
+        await connection.close()
+
+    task = asyncio.ensure_future(close())
     _closing.add(task)
     task.add_done_callback(_closing.discard)
