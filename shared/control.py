@@ -170,6 +170,7 @@ class NodeStats(ControlMessage):
     open_peers: int = 0
     rss_bytes: int = 0
     ice_restarts: dict[str, int] = {}  # participant sid -> ICE restarts of its two PeerConnections
+    relay: dict[str, int] = {}  # the node's relay-wire counters (packets/bytes in and out, drops)
 
 
 class ApiCall(ControlMessage):

@@ -18,7 +18,6 @@ class RoutedData:
     payload: bytes  # the DataPacket to send, re-serialized with server-stamped sender fields
     destinations: tuple[str, ...]  # identities; empty = everyone but the sender
     reliable: bool
-    sequence: int = 0  # the sender's reliable sequence (0: none)
 
 
 class DataSenderState:
@@ -53,7 +52,7 @@ def route_data(sender: DataSenderState, can_publish_data: bool, raw: bytes, reli
         packet.user.participant_identity = sender.identity
         destinations.extend(i for i in packet.user.destination_identities if i not in destinations)
     packet.kind = models.DataPacket.Kind.RELIABLE if reliable else models.DataPacket.Kind.LOSSY
-    return RoutedData(packet.SerializeToString(), tuple(destinations), reliable, packet.sequence if reliable else 0)
+    return RoutedData(packet.SerializeToString(), tuple(destinations), reliable)
 
 
 def server_data(payload: bytes, topic: str, destinations: list[str], reliable: bool, nonce: bytes = b"") -> bytes:

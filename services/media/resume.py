@@ -15,44 +15,48 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 
 RELIABLE_LOG_PACKETS = 512  # reliable packets kept per receiving session
 RELIABLE_LOG_BYTES = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class LoggedPacket:
-    sender_sid: str
-    sequence: int
-    payload: bytes
-
-
 class ReliableLog:
-    """The last reliable data packets delivered to one client, bounded by count and bytes."""
+    """The last reliable data packets delivered to one client, bounded by count and bytes.
+    Recording is an append; packets are only decoded on a resume, to match receive states."""
 
     def __init__(self, max_packets: int = RELIABLE_LOG_PACKETS, max_bytes: int = RELIABLE_LOG_BYTES) -> None:
         self.max_packets = max_packets
         self.max_bytes = max_bytes
-        self._packets: deque[LoggedPacket] = deque()
+        self._packets: deque[bytes] = deque()
         self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._packets)
 
-    def record(self, sender_sid: str, sequence: int, payload: bytes) -> None:
-        if not sequence or len(payload) > self.max_bytes:
-            return  # unsequenced packets cannot be matched against a receive state
-        self._packets.append(LoggedPacket(sender_sid, sequence, payload))
+    def record(self, payload: bytes) -> None:
+        if len(payload) > self.max_bytes:
+            return
+        self._packets.append(payload)
         self._bytes += len(payload)
         while len(self._packets) > self.max_packets or self._bytes > self.max_bytes:
-            self._bytes -= len(self._packets.popleft().payload)
+            self._bytes -= len(self._packets.popleft())
 
     def missed(self, received: dict[str, int]) -> list[bytes]:
-        """Packets from the senders in `received` (sender sid -> last sequence the client got)
-        with a later sequence, in delivery order."""
-        return [p.payload for p in self._packets
-                if p.sender_sid in received and p.sequence > received[p.sender_sid]]
+        """Packets (DataPacket, server-stamped sender sid and the sender's sequence) from the
+        senders in `received` (sender sid -> last sequence the client got) with a later
+        sequence, in delivery order. Unsequenced packets cannot be matched and are not resent."""
+        out = []
+        for payload in self._packets:
+            try:
+                packet = models.DataPacket.FromString(payload)
+            except DecodeError:
+                continue
+            sender = packet.participant_sid
+            if packet.sequence and sender in received and packet.sequence > received[sender]:
+                out.append(payload)
+        return out
 
 
 def receive_states(sync: rtc.SyncState) -> dict[str, int]:

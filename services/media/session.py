@@ -29,7 +29,7 @@ from .data import DataSenderState, route_data
 from .resume import Detachment, ReliableLog, catch_up_update, receive_states, wanted_subscriptions
 from .room import NodeRoom
 from .rtp import rtcp
-from .track import PublishedTrack
+from .track import PublishedTrack, wire_from_media
 from .usage import Counters, UsageMeter
 from .webrtc.peer import MediaPeer
 
@@ -170,7 +170,7 @@ class Session:
         self.subscriber.on_state = lambda state: self._on_transport_state("subscriber", state)
         self.publisher.on_rtp_track = self.route_rtp
         self.publisher.on_rtcp = self._on_publisher_rtcp
-        others = [s.bump() for s in self.room.visible_sessions(exclude=self.sid)]
+        others = [s.bump() for s in self.room.visible_sessions(exclude=self.sid)] + self.room.remote_infos()
         self.info.state = models.ParticipantInfo.State.JOINED
         self.send(protocol.join_response(self.room.proto(), self.bump(), others, self.node.node_id,
                                          self.node.settings.region or self.node.settings.dc))
@@ -502,7 +502,8 @@ class Session:
         self.signal_node = request.signal_node
         region = self.node.settings.region or self.node.settings.dc
         self.send(protocol.reconnect_response(self.node.node_id, region, self.data_state.last_reliable_seq))
-        current = [s.info for s in self.room.visible_sessions(exclude=self.sid)] + [self.info]
+        current = [s.info for s in self.room.visible_sessions(exclude=self.sid)] + self.room.remote_infos()
+        current.append(self.info)
         self.send(catch_up_update(current, detachment.departed if detachment else {}))
         self.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.room.proto())))
         # An offer sent while detached was lost: this one replaces it.
@@ -558,7 +559,7 @@ class Session:
             info = protocol.track_info_from_request(sid, request)
             info.mid = media.mid
             info.mime_type = media.mime_type
-            track = PublishedTrack(self, info, request.cid, media)
+            track = PublishedTrack(self, info, request.cid, wire_from_media(media))
             self.tracks[sid] = track
             self._tracks_by_mid[track.mid] = track
             self.room.tracks[sid] = track
@@ -645,15 +646,13 @@ class Session:
         routed = route_data(self.data_state, self.permission.can_publish_data, data, label == "_reliable")
         if routed is None:
             return
-        wanted = set(routed.destinations)
-        for session in list(self.room.sessions.values()):
-            if session is self or (wanted and session.identity not in wanted):
-                continue
-            session.deliver_data(routed.payload, routed.reliable, self.sid, routed.sequence)
+        self.room.deliver_data(routed.payload, routed.reliable, routed.destinations, exclude=self.sid)
+        if self.room.remote is not None and self.room.remote.participants:
+            self.node.forward_data(self.room, routed.payload, routed.reliable)
 
-    def deliver_data(self, payload: bytes, reliable: bool, sender_sid: str = "", sequence: int = 0) -> None:
+    def deliver_data(self, payload: bytes, reliable: bool) -> None:
         if self.closed:
             return
         if reliable:
-            self.reliable_log.record(sender_sid, sequence, payload)
+            self.reliable_log.record(payload)
         self.subscriber.send_data("_reliable" if reliable else "_lossy", payload)

@@ -1,13 +1,21 @@
 """Room service wiring: admissions over the bus, node heartbeats, and the room state folded
-from the DC's event stream and persisted in the SQL event store."""
+from every DC's events (REPLICA_<DC>) and persisted in the SQL event store.
+
+Across DCs (docs/multi-dc.md): this DC places joins on its own media nodes and declares only its
+own nodes down; it closes idle rooms only when it is the room's owner DC (the DC of the winning
+creation), so a room with participants elsewhere is judged on all of them; it evicts its own
+participants that another DC asked to evict (duplicate identity); its webhook workers send the
+webhooks of events that originated here. It runs the replication kicker for its replica.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import time
+
+from livekit.protocol import models
 
 from shared.bus import BusTimeout, MsgMeta, RemoteError
 from shared.config import Settings
@@ -18,14 +26,17 @@ from shared.events import (
     EventPayload,
     NodeDown,
     NodeHeartbeat,
+    ParticipantEvictRequested,
     ParticipantJoined,
     ParticipantLeft,
     RoomFinished,
 )
 from shared.eventstore import EventStore
 from shared.ids import derived_event_id
+from shared.replication import SourceKicker, replica_stream
 from shared.service import Service, heartbeat_subject
-from shared.subjects import media_node_subject, room_request_subject, stream_name
+from shared.subjects import media_node_subject, room_request_subject
+from shared.tasks import cancel_and_wait
 
 from .admission import Admissions
 from .api import ApiError, RoomApi, b64
@@ -47,6 +58,7 @@ class RoomService(Service):
         self.store: EventStore | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer = None
+        self.kicker: SourceKicker | None = None
         self._down_reported: set[str] = set()
         self.webhooks: list[WebhookWorker] = []
         self.api = RoomApi(self.registry, self._send_command, self._emit)
@@ -65,7 +77,9 @@ class RoomService(Service):
         await self.bus.serve(room_request_subject(self.settings.dc, "join"), self._on_join)
         await self.bus.serve(room_request_subject(self.settings.dc, "api"), self._on_api, concurrency=8)
         self._consumer = await self.bus.consume(
-            stream_name("events", self.settings.dc), f"room-{self.settings.dc}", self._on_event)
+            replica_stream(self.settings.dc), f"room-{self.settings.dc}", self._on_event)
+        if len(self.settings.mesh_dcs) > 1:
+            self.kicker = SourceKicker(self.bus.nc, self.bus.js, self.settings.dc, self.settings.mesh_dcs).start()
         self._tasks.append(asyncio.create_task(self._watch_nodes(), name="room-node-watch"))
         self._tasks.append(asyncio.create_task(self._close_idle_rooms(), name="room-lifecycle"))
         await self._start_webhooks()
@@ -85,12 +99,12 @@ class RoomService(Service):
             self.webhooks.append(worker)
 
     async def on_stop(self) -> None:
+        if self.kicker is not None:
+            await self.kicker.stop()
         for worker in self.webhooks:
             await worker.stop()
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._consumer is not None:
             await self._consumer.stop()
 
@@ -140,6 +154,8 @@ class RoomService(Service):
             await asyncio.sleep(1.0)
             now = int(time.time() * 1000)
             for room in list(self.registry.rooms.values()):
+                if room.origin_dc and room.origin_dc != self.settings.dc:
+                    continue  # the owner DC decides, on the participants of every DC
                 if room.participants or self.admissions.has_pending(room.name):
                     continue
                 if room.last_departure_ms:
@@ -147,16 +163,36 @@ class RoomService(Service):
                 else:
                     idle_since, limit = room.created_at_ms, room.empty_timeout
                 if limit and now - idle_since >= limit * 1000:
-                    await self._emit(RoomFinished(sid=room.sid, reason="idle"), room.name)
+                    await self._emit(RoomFinished(sid=room.sid, reason="idle", merged_sids=room.merged_sids),
+                                     room.name)
 
     async def _on_event(self, env: Envelope, meta: MsgMeta) -> None:
         self.registry.apply(env)
+        if isinstance(env.payload, ParticipantJoined):
+            self.admissions.joined(env.payload.sid)  # now a participant: no longer counted as pending too
         assert self.store
         await asyncio.to_thread(self.store.append, env)
-        if isinstance(env.payload, ParticipantJoined):
-            self.admissions.joined(env.payload.sid)
-        elif isinstance(env.payload, NodeDown) and env.payload.service == "media":
-            await self._node_lost(env)
+        if isinstance(env.payload, NodeDown) and env.payload.service == "media":
+            if env.payload.dc == self.settings.dc:  # each DC migrates the participants of its own nodes
+                await self._node_lost(env)
+        elif isinstance(env.payload, ParticipantEvictRequested) and env.payload.dc == self.settings.dc:
+            await self._evict(env)
+
+    async def _evict(self, env: Envelope) -> None:
+        """Another DC admitted this identity again: close our old session (idempotent: a session
+        already gone is no longer in the room state, and removing it twice does nothing)."""
+        assert isinstance(env.payload, ParticipantEvictRequested)
+        room = self.registry.rooms.get(env.room or "")
+        participant = room.participants.get(env.payload.sid) if room is not None else None
+        if room is None or participant is None or participant.dc != self.settings.dc:
+            return
+        reason = models.DisconnectReason.Value(env.payload.reason) if env.payload.reason in \
+            models.DisconnectReason.keys() else models.DisconnectReason.DUPLICATE_IDENTITY
+        result = await self._send_command(participant.node, MediaCommand(
+            op="remove", room=room.name, participant_sid=participant.sid, reason=reason))
+        if not result.ok:
+            log.warning("could not evict %s (%s) from %s: %s", participant.identity, participant.sid,
+                        participant.node, result.error)
 
     async def _node_lost(self, env: Envelope) -> None:
         """The participants of a dead media node have left it: signal tells their clients to

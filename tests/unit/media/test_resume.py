@@ -13,27 +13,34 @@ from services.media.resume import (
 )
 
 
+def packet(sender: str, sequence: int, body: bytes = b"x") -> bytes:
+    return models.DataPacket(participant_sid=sender, sequence=sequence,
+                             user=models.UserPacket(payload=body)).SerializeToString()
+
+
 def test_reliable_log_returns_only_what_each_sender_has_not_delivered() -> None:
     log = ReliableLog()
     for seq in range(1, 6):
-        log.record("PA_a", seq, f"a{seq}".encode())
-        log.record("PA_b", seq, f"b{seq}".encode())
-    assert log.missed({"PA_a": 3, "PA_b": 5}) == [b"a4", b"a5"]
-    assert log.missed({"PA_b": 0}) == [b"b1", b"b2", b"b3", b"b4", b"b5"]
+        log.record(packet("PA_a", seq))
+        log.record(packet("PA_b", seq))
+    log.record(packet("PA_a", 0))  # unsequenced: cannot be matched, never resent
+    log.record(b"\xff\xfe not a packet")
+    assert log.missed({"PA_a": 3, "PA_b": 5}) == [packet("PA_a", 4), packet("PA_a", 5)]
+    assert log.missed({"PA_b": 0}) == [packet("PA_b", seq) for seq in range(1, 6)]
     assert log.missed({}) == []  # a sender the client does not report is not replayed
 
 
 def test_reliable_log_is_bounded_by_count_and_bytes() -> None:
-    log = ReliableLog(max_packets=3, max_bytes=1000)
+    log = ReliableLog(max_packets=3, max_bytes=10_000)
     for seq in range(1, 11):
-        log.record("PA_a", seq, b"x")
-    assert len(log) == 3 and log.missed({"PA_a": 0}) == [b"x"] * 3
-    big = ReliableLog(max_packets=100, max_bytes=250)
+        log.record(packet("PA_a", seq))
+    assert len(log) == 3 and log.missed({"PA_a": 0}) == [packet("PA_a", seq) for seq in (8, 9, 10)]
+    size = len(packet("PA_a", 1, b"y" * 100))
+    big = ReliableLog(max_packets=100, max_bytes=2 * size + 10)
     for seq in range(1, 5):
-        big.record("PA_a", seq, bytes([seq]) * 100)
-    assert [p[0] for p in big.missed({"PA_a": 0})] == [3, 4]
-    big.record("PA_a", 9, b"y" * 251)  # larger than the whole log: not kept, nothing evicted
-    big.record("PA_a", 0, b"unsequenced")
+        big.record(packet("PA_a", seq, b"y" * 100))
+    assert big.missed({"PA_a": 0}) == [packet("PA_a", seq, b"y" * 100) for seq in (3, 4)]
+    big.record(b"z" * (3 * size))  # larger than the whole log: not kept, nothing evicted
     assert len(big) == 2
 
 
