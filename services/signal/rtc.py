@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_HEADER = "Meshrtc-Close"
 CONNECTION_HEADER = "Meshrtc-Connection"  # down frames for another WebSocket of the same session are dropped
-RESUME_TIMEOUT = 1.5  # seconds to find the media node holding a session before telling the client to rejoin
+RESUME_TIMEOUT = 3.0  # seconds to find the node holding a session (clients wait 5 s for the first frame)
 REFRESH_EVERY = 300.0  # seconds between refreshed tokens, as LiveKit does
 REFRESH_TTL = timedelta(hours=6)
 DOWN_QUEUE = 4096  # frames buffered per client before the slowest client is cut loose
