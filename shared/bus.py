@@ -86,6 +86,10 @@ class BusTimeout(TimeoutError):
     """No (acknowledged) answer in time: request without reply/responders, unacked publish."""
 
 
+class NoResponders(BusTimeout):
+    """Nobody subscribes to the subject: for a per-node subject, that node's bus connection is gone."""
+
+
 class RemoteError(RuntimeError):
     """The handler behind `serve()` raised; the message is the remote error."""
 
@@ -630,7 +634,7 @@ class Bus:
         try:
             msg = await self._nc.request(subject, data, timeout=timeout, headers=headers)
         except nats.errors.NoRespondersError:
-            raise BusTimeout(f"no responders on {subject}") from None
+            raise NoResponders(f"no responders on {subject}") from None
         except TimeoutError:  # nats.errors.TimeoutError is one too
             raise BusTimeout(f"no reply on {subject} within {timeout}s") from None
         if msg.headers and ERROR_HEADER in msg.headers:

@@ -79,7 +79,7 @@ def relay_link_name(dc_a: str, dc_b: str) -> str:
 
 def parse_relay_keys(text: str, dcs: set[str], variable: str = "MESHRTC_RELAY_KEYS") -> dict[str, str]:
     """`dc1-dc2:<64 hex>,…` -> {relay_link_name: hex}. DC names may contain '-', so the pair is
-    split where both halves are known DCs (self and MESHRTC_RELAY_PEERS)."""
+    split where both halves are known DCs (self, MESHRTC_RELAY_PEERS, MESHRTC_DATACENTERS)."""
     keys: dict[str, str] = {}
     for item in _entries(text):
         pair, sep, key = (part.strip() for part in item.partition(":"))
@@ -190,7 +190,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     relay_peers = parse_relay_peers(env.get("MESHRTC_RELAY_PEERS", ""))
     if dc in relay_peers:
         raise ConfigError("MESHRTC_RELAY_PEERS", f"lists this datacenter ({dc}) itself")
-    relay_keys = parse_relay_keys(env.get("MESHRTC_RELAY_KEYS", ""), {dc, *relay_peers})
+    known_dcs = {dc, *relay_peers, *_list(env, "MESHRTC_DATACENTERS")}
+    relay_keys = parse_relay_keys(env.get("MESHRTC_RELAY_KEYS", ""), known_dcs)
     port_range = env.get("MESHRTC_RTC_PORT_RANGE", "")
     port_min = port_max = 0
     if port_range:

@@ -105,6 +105,7 @@ class MediaNode(Service):
         await self.bus.serve(media_node_subject(self.node_id, "open"), self._on_open)
         await self.bus.serve(media_node_subject(self.node_id, "close"), self._on_close)
         await self.bus.serve(media_node_subject(self.node_id, "stats"), self._on_stats)
+        await self.bus.serve(media_node_subject(self.node_id, "ping"), self._on_ping)
         await self.bus.serve(media_node_subject(self.node_id, "drain"), self._on_drain)
         await self.bus.serve(media_node_subject(self.node_id, "command"), self._on_command, concurrency=8)
         self.relay_link = RelayLink(self.settings.bind_ip, self.settings.internal_ip)
@@ -402,6 +403,9 @@ class MediaNode(Service):
             return
         track.relay_subscribed = ttl_s > 0
         track.relay = relay
+
+    async def _on_ping(self, data: bytes) -> bytes:
+        return b"pong"
 
     async def _on_stats(self, data: bytes) -> bytes:
         return NodeStats(

@@ -97,8 +97,9 @@ class RelayService(Service):
         await bus.serve(relay_subscribe_subject(settings.dc), self._on_subscribe, queue=RELAY_QUEUE, concurrency=8)
         await bus.serve(relay_stats_subject(settings.dc), self._on_stats)
         self._usage_task = asyncio.create_task(self._usage_loop(), name="relay-usage")
+        described = ", ".join(f"{dc}@{a[0]}:{a[1]}" for dc, a in peers.items()) or "none"
         log.info("relay %s: WAN udp %s:%d, local %s, peers %s", settings.dc, settings.bind_ip,
-                 wan.getsockname()[1], relay_local, ", ".join(f"{dc}@{a[0]}:{a[1]}" for dc, a in peers.items()))
+                 wan.getsockname()[1], relay_local, described)
 
     async def on_stop(self) -> None:
         if self._usage_task:
@@ -154,8 +155,8 @@ class RelayService(Service):
             "relay_dropped_total": sum(forwarder.drops.values()),
             "relay_events_dropped_total": self.events_dropped,
         }
-        for counters in forwarder.peer_counters.values():
-            for name, value in counters.as_dict().items():
+        for link in forwarder.peers.values():
+            for name, value in link.counters().items():
                 key = f"relay_wan_{name}_total"
                 values[key] = values.get(key, 0) + value
         return values

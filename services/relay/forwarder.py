@@ -12,7 +12,9 @@ side (`services.relay.relay`) and swapped in as whole tuples.
   (same DC) or a WAN KEYFRAME to the origin DC.
 * WAN datagram: header checks (route loop-free, this relay is `route[hop]`), replay window,
   AEAD open with the previous hop's link key; then delivered here if `deliver` says so and/or
-  re-sealed for the next hop. Probes and SUBSCRIBE go to the control side by callback.
+  re-sealed for the next hop, or, at the route's last relay, copied once to each `deliver` DC
+  not on the route (the branches of the distribution tree, one direct hop each). Probes and
+  SUBSCRIBE go to the control side by callback.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from services.relay.crypto import InvalidTag, LinkCipher, ReplayWindow
-from services.relay.wire import HEADER, HEADER_SIZE, MAX_ROUTE, TAG_SIZE, VERSION, Kind, pack_route
+from services.relay.wire import HEADER, HEADER_SIZE, MAX_ROUTE, NO_DC, TAG_SIZE, VERSION, Kind, pack_route
 from shared.relay_wire import LOCAL_HEADER, LOCAL_HEADER_SIZE, LocalType
 
 Addr = tuple[str, int]
@@ -31,19 +33,25 @@ ControlHandler = Callable[[int, int, int, int, bytes], None]  # kind, sender or 
 _DATA = (Kind.RTP, Kind.RTCP)
 _MIN_WAN = HEADER_SIZE + TAG_SIZE
 _RECV_BATCH = 256
+_NO_DC = bytes((NO_DC,))
 
 
-class PeerCounters:
-    """Datagrams and bytes on one link, each list indexed by `is_data` (0 control, 1 RTP/RTCP)."""
+class PeerLink:
+    """One link as the hot path needs it: where the peer is, its cipher and replay window, and
+    the link's counters (each list indexed by `is_data`: 0 control, 1 RTP/RTCP)."""
 
-    __slots__ = ("bytes_in", "bytes_out", "packets_in", "packets_out")
+    __slots__ = ("address", "bytes_in", "bytes_out", "cipher", "packets_in", "packets_out", "window")
 
-    def __init__(self) -> None:
+    def __init__(self, cipher: LinkCipher, address: Addr) -> None:
+        self.cipher = cipher
+        self.address = address
+        self.window = ReplayWindow()
         self.packets_in, self.bytes_in = [0, 0], [0, 0]
         self.packets_out, self.bytes_out = [0, 0], [0, 0]
 
-    def as_dict(self) -> dict[str, int]:
-        return {f"{part}_{name}": getattr(self, name)[is_data] for name in self.__slots__
+    def counters(self) -> dict[str, int]:
+        return {f"{part}_{name}": getattr(self, name)[is_data]
+                for name in ("bytes_in", "bytes_out", "packets_in", "packets_out")
                 for part, is_data in (("ctl", 0), ("data", 1))}
 
 
@@ -86,10 +94,8 @@ class Forwarder:
         self.dc_count = dc_count
         self.wan_sock = wan_sock
         self.local_sock = local_sock
-        self.ciphers: list[LinkCipher | None] = [ciphers.get(i) for i in range(256)]
-        self.peer_addrs: list[Addr | None] = [peer_addrs.get(i) for i in range(256)]
-        self.windows: list[ReplayWindow | None] = [ReplayWindow() if i in ciphers else None for i in range(256)]
-        self.peer_counters = {i: PeerCounters() for i in ciphers}
+        self.peers = {i: PeerLink(cipher, peer_addrs[i]) for i, cipher in ciphers.items()}
+        self.links: list[PeerLink | None] = [self.peers.get(i) for i in range(256)]  # by DC index
         self.routes: list[tuple[int, ...] | None] = [None] * 256  # current route to each DC, self first
         self.streams: dict[int, StreamState] = {}
         self.drops: Counter[str] = Counter()
@@ -132,27 +138,26 @@ class Forwarder:
 
     def seal_and_send(self, kind: int, route_bytes: bytes, route_len: int, hop: int, deliver: int, stream: int,
                       layer: int, body: bytes, next_dc: int) -> bool:
-        cipher = self.ciphers[next_dc]
-        address = self.peer_addrs[next_dc]
-        if cipher is None or address is None:
+        link = self.links[next_dc]
+        if link is None:
             self.drops["no_link"] += 1
             return False
+        cipher = link.cipher
         cipher.counter += 1
         counter = cipher.counter
         header = HEADER.pack(VERSION, kind, route_len, hop, layer, deliver, counter, stream, route_bytes)
         datagram = header + cipher.seal(counter, body, header)
         try:
-            self.wan_sock.sendto(datagram, address)
+            self.wan_sock.sendto(datagram, link.address)
         except BlockingIOError:
             self.drops["wan_send_would_block"] += 1
             return False
         except OSError:
             self.drops["wan_send_error"] += 1
             return False
-        counters = self.peer_counters[next_dc]
         is_data = kind <= Kind.RTCP
-        counters.packets_out[is_data] += 1
-        counters.bytes_out[is_data] += len(datagram)
+        link.packets_out[is_data] += 1
+        link.bytes_out[is_data] += len(datagram)
         return True
 
     def send_toward(self, kind: int, dest: int, stream: int, layer: int, body: bytes) -> bool:
@@ -180,19 +185,22 @@ class Forwarder:
         if not 2 <= route_len <= MAX_ROUTE or not 1 <= hop < route_len:
             self.drops["route_invalid"] += 1
             return
-        route = route_bytes[:route_len]
-        if len(set(route)) != route_len:
+        if route_len == 2:  # one hop, the common case: no set to build
+            if route_bytes[0] == route_bytes[1]:
+                self.drops["route_loop"] += 1
+                return
+        elif len(set(route_bytes[:route_len])) != route_len:
             self.drops["route_loop"] += 1
             return
-        if route[hop] != self.index:
+        if route_bytes[hop] != self.index:
             self.drops["not_for_me"] += 1
             return
-        sender = route[hop - 1]
-        cipher = self.ciphers[sender]
-        window = self.windows[sender]
-        if cipher is None or window is None:
+        sender = route_bytes[hop - 1]
+        link = self.links[sender]
+        if link is None:
             self.drops["unknown_link"] += 1
             return
+        window = link.window
         if counter <= window.highest:  # in order is the common case: no window lookup
             stale = window.check(counter)
             if stale is not None:
@@ -200,22 +208,42 @@ class Forwarder:
                 return
         header = data[:HEADER_SIZE]
         try:
-            body = cipher.open(counter, data[HEADER_SIZE:], header)
+            body = link.cipher.open(counter, data[HEADER_SIZE:], header)
         except InvalidTag:
             self.drops["forged"] += 1
             return
         window.mark(counter)
-        counters = self.peer_counters[sender]
         is_data = kind <= Kind.RTCP
-        counters.packets_in[is_data] += 1
-        counters.bytes_in[is_data] += len(data)
+        link.packets_in[is_data] += 1
+        link.bytes_in[is_data] += len(data)
         if kind >= Kind.PROBE:  # one-hop link control, never forwarded
             self.on_control(kind, sender, stream, layer, body)
             return
         if deliver & self.self_bit:
-            self._deliver(kind, route[0], stream, layer, body)
+            self._deliver(kind, route_bytes[0], stream, layer, body)
         if hop + 1 < route_len:
-            self.seal_and_send(kind, route_bytes, route_len, hop + 1, deliver, stream, layer, body, route[hop + 1])
+            next_dc = route_bytes[hop + 1]
+            self.seal_and_send(kind, route_bytes, route_len, hop + 1, deliver, stream, layer, body, next_dc)
+        elif deliver & ~self.self_bit:
+            self._branch(kind, route_bytes, route_len, deliver, stream, layer, body)
+
+    def _branch(self, kind: int, route_bytes: bytes, route_len: int, deliver: int, stream: int, layer: int,
+                body: bytes) -> None:
+        """Last relay of the route: one copy over the direct link to each `deliver` DC not on the
+        route, its route extended by that DC alone (so it can go no further)."""
+        for dc in route_bytes[:route_len]:
+            deliver &= ~(1 << dc)
+        if not deliver:
+            return
+        if route_len >= MAX_ROUTE:
+            self.drops["route_invalid"] += 1
+            return
+        prefix, hop = route_bytes[:route_len], route_len
+        while deliver:
+            dc = (deliver & -deliver).bit_length() - 1
+            deliver &= deliver - 1
+            extended = prefix + bytes((dc,)) + _NO_DC * (MAX_ROUTE - route_len - 1)
+            self.seal_and_send(kind, extended, route_len + 1, hop, 1 << dc, stream, layer, body, dc)
 
     def _deliver(self, kind: int, origin: int, stream: int, layer: int, body: bytes) -> None:
         if kind == Kind.RTP or kind == Kind.RTCP:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -54,7 +55,7 @@ EXPORT_TIMEOUT_S = 1.0
 
 class Relay:
     def __init__(self, dc: str, dcs: list[str], link_keys: dict[str, bytes], peer_addrs: dict[str, Addr],
-                 wan_sock: object, local_sock: object, relay_local: str, request: Request, emit: Emit,
+                 wan_sock: socket.socket, local_sock: socket.socket, relay_local: str, request: Request, emit: Emit,
                  policy: RoutePolicy | None = None, probe_interval: float = 0.1) -> None:
         self.dc = dc
         self.dcs = dcs
@@ -64,7 +65,7 @@ class Relay:
         self.emit = emit
         peers = {dcs.index(name): name for name in peer_addrs}
         ciphers = {i: LinkCipher(link_keys[name], self.index, i) for i, name in peers.items()}
-        self.forwarder = Forwarder(self.index, len(dcs), wan_sock, local_sock, ciphers,  # type: ignore[arg-type]
+        self.forwarder = Forwarder(self.index, len(dcs), wan_sock, local_sock, ciphers,
                                    {i: peer_addrs[name] for i, name in peers.items()}, self.on_control)
         self.monitor = LinkMonitor(self.index, sorted(peers), interval=probe_interval)
         self.router = Router(self.index, len(dcs), policy or RoutePolicy())
@@ -188,8 +189,14 @@ class Relay:
             state = StreamState(stream, ref.track_sid, self.dcs.index(ref.origin_dc), ref.room, ref.project)
             self.forwarder.streams[stream] = state
             self.refs[stream] = ref
-            self._last_refresh.pop(stream, None)
             self._refresh(stream, ref, time.monotonic())
+        elif self.refs[stream] != ref:  # the track moved to another node (or room details changed)
+            before, self.refs[stream] = self.refs[stream], ref
+            state.room, state.project = ref.room, ref.project
+            if before.origin_node != ref.origin_node:
+                if ref.origin_dc == self.dc:  # (a destination relay just refreshes; its origin moves)
+                    self._spawn(self._export(stream, before, 0))
+                self._refresh(stream, ref, time.monotonic())
         state.local_targets = tuple(interest.local)
         if ref.origin_dc == self.dc:
             routes = {dest: route for name in interest.remote
@@ -262,7 +269,7 @@ class Relay:
         return RelayStats(
             dc=self.dc, node_id="", relay_local=self.relay_local, links=links,
             paths={self.dcs[dest]: [self.dcs[i] for i in route] for dest, route in sorted(self.router.routes.items())},
-            peer_counters={self.dcs[peer]: c.as_dict() for peer, c in sorted(self.forwarder.peer_counters.items())},
+            peer_counters={self.dcs[peer]: link.counters() for peer, link in sorted(self.forwarder.peers.items())},
             drops=dict(self.forwarder.drops), streams=len(self.forwarder.streams),
             local_subscribers=self.subscriptions.local_count, loop_lag_ms=loop_lag_ms,
             loop_lag_worst_ms=loop_lag_worst_ms)

@@ -140,18 +140,26 @@ class Router:
 
 
 def merge_routes(routes: dict[int, Route]) -> list[tuple[Route, tuple[int, ...]]]:
-    """Per-destination routes -> [(route, destinations delivered along it)], one per datagram.
+    """Per-destination routes -> [(route, destinations delivered)], one datagram each: a
+    distribution tree, so a link carries one copy however many destinations lie behind it.
 
-    A route that is a prefix of another is dropped and its destination delivered by the longer
-    one, so a link carries one copy however many destinations lie behind it.
+    * Destinations reached through the same relay share one datagram routed to that relay; as the
+      last relay of the route it sends a copy over its direct link to each of them (the `deliver`
+      DCs that are not on the route). dc2 and dc4 both behind dc3: one copy dc1 -> dc3.
+    * A datagram whose destinations all lie on a longer datagram's route rides that one
+      (dc3 a destination itself and dc2 behind it: one datagram, delivered at dc3 and dc2).
     """
-    ordered = sorted(routes.items(), key=lambda item: (-len(item[1]), item[1]))
-    merged: list[tuple[Route, list[int]]] = []
-    for dest, route in ordered:
-        for longer, dests in merged:
-            if longer[:len(route)] == route:
-                dests.append(dest)
+    groups: dict[Route, set[int]] = {}
+    for dest, route in routes.items():
+        branch_at = route[:-1]
+        groups.setdefault(branch_at if len(branch_at) >= 2 else route, set()).add(dest)
+    merged: list[tuple[Route, set[int]]] = []
+    for route in sorted(groups, key=lambda r: (-len(r), r)):
+        dests = groups[route]
+        for longer, longer_dests in merged:
+            if longer[:len(route)] == route and dests <= set(longer):
+                longer_dests.update(dests)
                 break
         else:
-            merged.append((route, [dest]))
+            merged.append((route, set(dests)))
     return [(route, tuple(sorted(dests))) for route, dests in merged]

@@ -5,8 +5,8 @@
 * Remote destinations (origin relay only): DCs whose relay sent a WAN SUBSCRIBE for a track
   published in this DC; same lapse rule.
 
-A stream with neither is forgotten. Every change returns whether the stream's targets changed,
-so the caller rebuilds the forwarder's tuples only then.
+A stream with neither is forgotten. Every change returns whether the stream's targets (or what
+the track is: its node, room) changed, so the caller rebuilds the forwarder's state only then.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ class Subscriptions:
             if ttl_s <= 0:
                 return False
             interest = self.interests[stream] = Interest(ref)
+        moved = ttl_s > 0 and interest.ref != ref  # e.g. the publisher resumed on another node
+        if moved:
+            interest.ref = ref
         entries: dict = getattr(interest, table)
         existed = key in entries
         if ttl_s <= 0:
@@ -54,7 +57,7 @@ class Subscriptions:
             entries[key] = now + ttl_s
         if interest.empty:
             del self.interests[stream]
-        return existed != (ttl_s > 0)
+        return moved or existed != (ttl_s > 0)
 
     def add_local(self, stream: int, ref: TrackRef, subscriber: Addr, ttl_s: float, now: float) -> bool:
         """Subscribe (or refresh, or with ttl 0 end) a local node; True when the targets changed."""

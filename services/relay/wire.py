@@ -8,14 +8,16 @@
 * `route` lists the DCs the datagram visits, as indices into the sorted list of all DC names,
   origin first (at most `MAX_ROUTE` entries; unused entries are `NO_DC`). `hop` is the index in
   `route` of the relay receiving this datagram; the sender of the hop is `route[hop - 1]`.
-* `deliver` has bit `i` set when DC index `i` delivers the datagram locally (prefix-merged
-  destinations share one datagram, docs/relay.md).
+* `deliver` has bit `i` set when DC index `i` delivers the datagram locally. A `deliver` DC
+  that is not on the route is a branch: the route's last relay sends it a copy over its direct
+  link, with the route extended by that DC (docs/relay.md, distribution tree).
 * `counter` is the hop sender's per-link counter, the AEAD nonce (with the sender's index) and
   the replay-window sequence.
 * The whole header is the AEAD associated data; the body is sealed (docs/multi-dc.md).
 
 `check_route` is what makes loops impossible: a repeated DC, a route longer than `MAX_ROUTE` or a
-hop index outside the route is rejected before anything else is looked at.
+hop index outside the route is rejected before anything else is looked at. A branch extends the
+route by a DC not yet on it and delivers only there, so it cannot continue either.
 """
 
 from __future__ import annotations

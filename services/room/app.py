@@ -17,7 +17,7 @@ import time
 
 from livekit.protocol import models
 
-from shared.bus import BusTimeout, MsgMeta, RemoteError
+from shared.bus import BusTimeout, MsgMeta, NoResponders, RemoteError
 from shared.config import Settings
 from shared.control import ApiCall, ApiResult, CommandResult, JoinRequest, MediaCommand
 from shared.db import check_database, make_engine
@@ -46,6 +46,8 @@ from .webhooks import WebhookWorker
 
 log = logging.getLogger(__name__)
 
+NODE_WATCH_INTERVAL = 0.25  # seconds between two looks at the media nodes (pings and heartbeats)
+
 
 class RoomService(Service):
     name = "room"
@@ -60,6 +62,9 @@ class RoomService(Service):
         self._consumer = None
         self.kicker: SourceKicker | None = None
         self._down_reported: set[str] = set()
+        # Nodes that answered a ping since our bus connection last came up: only these can be
+        # found "gone" (after a NATS restart a node may resubscribe later than we do).
+        self._answering: set[str] = set()
         self.webhooks: list[WebhookWorker] = []
         self.api = RoomApi(self.registry, self._send_command, self._emit)
 
@@ -73,7 +78,7 @@ class RoomService(Service):
             replayed += 1
         log.info("room state rebuilt from %d stored events (%d rooms)", replayed, len(self.registry.rooms))
         await self.bus.subscribe(heartbeat_subject(self.settings.dc, "media"), self._on_heartbeat)
-        self.bus.on_reconnect(lambda: self.placement.grace(time.time()))
+        self.bus.on_reconnect(self._after_reconnect)
         await self.bus.serve(room_request_subject(self.settings.dc, "join"), self._on_join)
         await self.bus.serve(room_request_subject(self.settings.dc, "api"), self._on_api, concurrency=8)
         self._consumer = await self.bus.consume(
@@ -212,25 +217,49 @@ class RoomService(Service):
                 await self.bus.publish_event(left)  # type: ignore[union-attr]
 
     async def _watch_nodes(self) -> None:
-        """A media node that stops beating is declared down (once) so migration can start."""
+        """A media node is declared down (once) so migration can start, when its bus connection is
+        gone (a ping finds no responder: at once) or when it stops beating (a few beats later)."""
         last = time.monotonic()
         while True:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(NODE_WATCH_INTERVAL)
             now = time.monotonic()
-            late, last = now - last > 0.75, now
+            late, last = now - last > 3 * NODE_WATCH_INTERVAL, now
             if not self.bus.is_connected:  # type: ignore[union-attr]
                 self.placement.grace(time.time())  # beats we cannot hear prove nothing
                 continue
             if late:
                 continue  # this loop stalled: beats may be queued unread, so judge nobody yet
+            alive = [n for n in self.placement.nodes if n not in self._down_reported]
+            gone = await asyncio.gather(*(self._connection_gone(n) for n in alive))
+            for node_id in [n for n, dead in zip(alive, gone, strict=True) if dead]:
+                await self._declare_down(node_id, "bus_connection_closed")
             for node_id in self.placement.dead_nodes(time.time()):
-                if node_id in self._down_reported:
-                    continue
-                self._down_reported.add(node_id)
-                self.placement.forget(node_id)
-                log.warning("media node %s missed its heartbeats: declaring it down", node_id)
-                await self.bus.publish_event(self.envelope(  # type: ignore[union-attr]
-                    NodeDown(node_id=node_id, service="media", dc=self.settings.dc, reason="missed_heartbeats")))
+                await self._declare_down(node_id, "missed_heartbeats")
+
+    def _after_reconnect(self) -> None:
+        self.placement.grace(time.time())
+        self._answering.clear()
+
+    async def _connection_gone(self, node_id: str) -> bool:
+        try:
+            await self.bus.request(media_node_subject(node_id, "ping"), b"",  # type: ignore[union-attr]
+                                   timeout=2 * NODE_WATCH_INTERVAL)
+        except NoResponders:
+            return node_id in self._answering and node_id in self.placement.nodes
+        except (BusTimeout, RemoteError):
+            return False  # slow is not gone: the heartbeats judge that
+        self._answering.add(node_id)
+        return False
+
+    async def _declare_down(self, node_id: str, reason: str) -> None:
+        if node_id in self._down_reported:
+            return
+        self._down_reported.add(node_id)
+        self._answering.discard(node_id)
+        self.placement.forget(node_id)
+        log.warning("media node %s is down (%s)", node_id, reason.replace("_", " "))
+        await self.bus.publish_event(self.envelope(  # type: ignore[union-attr]
+            NodeDown(node_id=node_id, service="media", dc=self.settings.dc, reason=reason)))
 
 
 async def main(settings: Settings) -> None:

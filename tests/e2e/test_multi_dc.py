@@ -151,6 +151,7 @@ async def test_cut_reroutes_through_the_third_dc_and_heal_returns(lab: RunningLa
     audio = seen["audio_times"].get("alice", [])
     assert frames, "bob received no video"
     audio_cut_gaps = [longest_gap(audio, t, t + hold) for kind, t in events if kind == "cut"]
+    audio_heal_gaps = [longest_gap(audio, t, t + hold) for kind, t in events if kind == "heal"]
     # The machine's own frame jitter, with nothing happening to the network: a busy 2-core
     # machine running three DCs and both clients delays frames by itself.
     quiet = longest_gap(frames, events[0][1] - 8, events[0][1])
@@ -163,7 +164,7 @@ async def test_cut_reroutes_through_the_third_dc_and_heal_returns(lab: RunningLa
 
     print(f"\nroute dc1->dc2 while cut {routes[0]}, after heal {routes[1]}; longest frame gap over {cycles} "
           f"cuts: {summary(cut_gaps)}; after heals: {summary(heal_gaps)}; before any cut: {quiet * 1000:.0f} ms; "
-          f"audio gaps over the cuts: {summary(audio_cut_gaps)}")
+          f"audio gaps over the cuts: {summary(audio_cut_gaps)}, over the heals: {summary(audio_heal_gaps)}")
     assert routes[0] == ["dc1", "dc3", "dc2"] and routes[1] == ["dc1", "dc2"]
     assert max(cut_gaps) < 1.0
     assert max(heal_gaps) < max(0.2, 1.5 * quiet), "the return to the direct path interrupted the video"
@@ -188,6 +189,8 @@ async def test_two_hundred_relayed_tracks_forced_through_dc3_flow_again_within_a
     try:
         await asyncio.sleep(15)  # processes start, subscriptions settle, all streams flow
         await relay_stats(lab, "dc3", reset_worst_lag=True)
+        await asyncio.sleep(3)
+        before = await relay_stats(lab, "dc3", reset_worst_lag=True)  # the machine's own stalls, no transit
         cut_at = time.monotonic()
         lab.cut("dc1", "dc2")
         await asyncio.sleep(3)
@@ -206,11 +209,15 @@ async def test_two_hundred_relayed_tracks_forced_through_dc3_flow_again_within_a
                   for r in report.values())
     print(f"\n{tracks} relayed streams through dc3 ({route}) after the cut: {len(flowing)} flowing, longest "
           f"silence median {gaps[len(gaps) // 2] * 1000:.0f} ms, max {gaps[-1] * 1000:.0f} ms; dc3 relay worst "
-          f"event-loop lag {dc3.loop_lag_worst_ms:.1f} ms; load average {os.getloadavg()[0]:.1f}")
+          f"event-loop lag {dc3.loop_lag_worst_ms:.1f} ms (before the cut, idle: {before.loop_lag_worst_ms:.1f} ms); "
+          f"load average {os.getloadavg()[0]:.1f}")
     assert route == ["dc1", "dc3", "dc2"]
     assert len(flowing) == tracks
     assert gaps[-1] < 1.0
-    assert dc3.loop_lag_worst_ms < 50
+    # The burst must not stall the transit relay. On a machine so loaded that the idle relay
+    # already stalls (three DCs and the load generators share two cores), the burst may add at
+    # most 50 ms to what the machine does by itself.
+    assert dc3.loop_lag_worst_ms < 50 + max(0.0, before.loop_lag_worst_ms - 10)
 
 
 async def test_one_copy_crosses_the_link_for_ten_subscribers(lab: RunningLab, tmp_path: Path) -> None:

@@ -38,6 +38,17 @@ def free_udp_port() -> int:
         return sock.getsockname()[1]
 
 
+def end_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (if still running), then SIGKILL after 10 s."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class RelayMesh:
     def __init__(self, workdir: Path, dcs: tuple[str, ...] = ("dc1", "dc2", "dc3"),
                  proxied: tuple[str, str] = ("dc1", "dc2")) -> None:
@@ -104,15 +115,11 @@ class RelayMesh:
         return (self.workdir / f"relay-{dc}.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        for process in self.processes.values():
+        for process in self.processes.values():  # all get SIGTERM first, then each is awaited
             if process.poll() is None:
                 process.terminate()
         for process in self.processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            end_process(process)
         for server in self.nats.values():
             server.stop()
         self.proxy.stop()
@@ -246,6 +253,41 @@ class StandInPublisher(_UdpStandIn):
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 
+class PublisherProcess:
+    """A `StandInPublisher` in a process of its own (a media node is one): under load the test
+    process, busy receiving, would otherwise starve the sender. `sent()` asks it over NATS."""
+
+    def __init__(self, nats_url: str, node: str, payload_size: int = 100, pps: float = 50) -> None:
+        self.node = node
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.relay_mesh", nats_url, node, str(payload_size), str(pps)], cwd=ROOT)
+
+    async def sent(self, bus: Bus) -> int:
+        return int(await bus.request(_sent_subject(self.node), b"", timeout=5))
+
+    def stop(self) -> None:
+        end_process(self.process)
+
+
+def _sent_subject(node: str) -> str:
+    return f"test.publisher.{node}.sent"
+
+
+async def _publisher_process(nats_url: str, node: str, payload_size: int, pps: float) -> None:
+    bus = await Bus.connect(nats_url, name=f"stand-in-{node}", dc="dc1", node=node)
+    publisher = await StandInPublisher(bus, node, payload_size).start(pps)
+
+    async def sent(_: bytes) -> bytes:
+        return str(publisher.sent).encode()
+
+    await bus.serve(_sent_subject(node), sent)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await publisher.stop()
+        await bus.close()
+
+
 class StandInSubscriber(_UdpStandIn):
     """A subscriber's media node: asks its relay for tracks every second, records arrivals."""
 
@@ -295,3 +337,11 @@ class StandInSubscriber(_UdpStandIn):
 
     def count(self, track: str, since: float = 0.0) -> int:
         return sum(1 for t in self.arrivals.get(stream_id(track), []) if t >= since)
+
+
+if __name__ == "__main__":  # PublisherProcess: nats_url node payload_size pps
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):
+        asyncio.run(_publisher_process(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))

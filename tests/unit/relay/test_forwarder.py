@@ -87,9 +87,9 @@ def test_origin_transit_destination_delivers_and_reseals(mesh: Mesh) -> None:
     mesh.pump()
     got = [parse_local(d) for d in receive_all(sub2)]
     assert [(k, s, layer, p) for k, s, layer, p in got] == [(LocalType.RTP, sid, 1, b"rtp%d" % i) for i in range(5)]
-    assert mesh.nodes[1].peer_counters[0].packets_in[1] == 5  # transit got them from dc0 ...
-    assert mesh.nodes[1].peer_counters[2].packets_out[1] == 5  # ... and re-sealed them for dc2
-    assert mesh.nodes[0].peer_counters[2].packets_out[1] == 0  # nothing on the direct link
+    assert mesh.nodes[1].peers[0].packets_in[1] == 5  # transit got them from dc0 ...
+    assert mesh.nodes[1].peers[2].packets_out[1] == 5  # ... and re-sealed them for dc2
+    assert mesh.nodes[0].peers[2].packets_out[1] == 0  # nothing on the direct link
     assert mesh.nodes[1].drops["no_subscriber"] == 0  # transit does not deliver (not in the mask)
 
 
@@ -99,9 +99,34 @@ def test_prefix_merge_sends_one_copy_per_link(mesh: Mesh) -> None:
     mesh.pump()
     assert [parse_local(d)[3] for d in receive_all(sub1)] == [b"sr"]
     assert [parse_local(d)[3] for d in receive_all(sub2)] == [b"sr"]
-    assert mesh.nodes[0].peer_counters[1].packets_out[1] == 1
-    assert mesh.nodes[0].peer_counters[2].packets_out[1] == 0
+    assert mesh.nodes[0].peers[1].packets_out[1] == 1
+    assert mesh.nodes[0].peers[2].packets_out[1] == 0
     assert mesh.nodes[0].streams[sid].packets_out == 1
+
+
+def test_last_relay_branches_to_destinations_behind_it(mesh: Mesh) -> None:
+    """dc1 and dc2 behind dc1 (say dc0-dc2 is down): one datagram to dc1, which delivers it and
+    sends the one copy dc2 needs over its direct link."""
+    sid, publisher, (sub1, sub2) = setup_stream(mesh, {1: (0, 1), 2: (0, 1, 2)})
+    assert [(p.route, p.deliver) for p in mesh.nodes[0].streams[sid].wan_plans] == [((0, 1), 0b110)]
+    for seq in range(3):
+        publisher.sendto(encode_local(LocalType.RTP, sid, 0, b"p%d" % seq), mesh.local[0].getsockname())
+    mesh.pump()
+    assert [parse_local(d)[3] for d in receive_all(sub1)] == [b"p0", b"p1", b"p2"]
+    assert [parse_local(d)[3] for d in receive_all(sub2)] == [b"p0", b"p1", b"p2"]
+    assert mesh.nodes[0].peers[1].packets_out[1] == 3
+    assert mesh.nodes[0].peers[2].packets_out[1] == 0
+    assert mesh.nodes[1].peers[2].packets_out[1] == 3
+
+
+def test_branches_never_return_to_a_dc_on_the_route(mesh: Mesh) -> None:
+    """A deliver mask naming the origin is not a branch back to it (no loop via the mask)."""
+    sid, publisher, (sub1,) = setup_stream(mesh, {1: (0, 1)})
+    mesh.nodes[0].streams[sid].wan_plans = (WanPlan((0, 1), deliver_mask([0, 1])),)
+    publisher.sendto(encode_local(LocalType.RTP, sid, 0, b"x"), mesh.local[0].getsockname())
+    mesh.pump()
+    assert len(receive_all(sub1)) == 1
+    assert mesh.nodes[1].peers[0].packets_out[1] == 0
 
 
 def test_keyframe_request_travels_back_to_the_publisher(mesh: Mesh) -> None:
@@ -111,13 +136,13 @@ def test_keyframe_request_travels_back_to_the_publisher(mesh: Mesh) -> None:
     sub2.sendto(encode_local(LocalType.KEYFRAME, sid, 2), mesh.local[2].getsockname())
     mesh.pump()
     assert [parse_local(d)[:3] for d in receive_all(publisher)] == [(LocalType.KEYFRAME, sid, 2)]
-    assert mesh.nodes[1].peer_counters[2].packets_in[0] == 1  # it went the route dc2 chose, via dc1
+    assert mesh.nodes[1].peers[2].packets_in[0] == 1  # it went the route dc2 chose, via dc1
 
 
 def test_forged_replayed_and_looping_datagrams_are_dropped_and_counted(mesh: Mesh) -> None:
     sid, publisher, (sub2,) = setup_stream(mesh, {2: (0, 2)})
     capture = loopback_udp()
-    mesh.nodes[0].peer_addrs[2] = capture.getsockname()  # tap the dc0 -> dc2 link
+    mesh.nodes[0].peers[2].address = capture.getsockname()  # tap the dc0 -> dc2 link
     publisher.sendto(encode_local(LocalType.RTP, sid, 0, b"x" * 100), mesh.local[0].getsockname())
     mesh.pump()
     (genuine,) = receive_all(capture)
@@ -148,15 +173,14 @@ def test_forged_replayed_and_looping_datagrams_are_dropped_and_counted(mesh: Mes
 def test_route_repeating_a_dc_is_never_forwarded(mesh: Mesh) -> None:
     """A relay that believes dc2 is reached through dc0 cannot bounce a datagram back: the route
     in the header repeats dc0, so dc1 drops it before looking at anything else."""
-    cipher = mesh.nodes[0].ciphers[1]
-    assert cipher is not None
+    cipher = mesh.nodes[0].peers[1].cipher
     route = bytes([0, 1, 0, 2])
     cipher.counter += 1
     header = HEADER.pack(VERSION, Kind.RTP, 4, 1, 0, deliver_mask([2]), cipher.counter, 1, route)
     mesh.wan[0].sendto(header + cipher.seal(cipher.counter, b"payload", header), mesh.wan[1].getsockname())
     mesh.pump()
     assert mesh.nodes[1].drops["route_loop"] == 1
-    assert mesh.nodes[1].peer_counters[0].packets_out[1] == 0
+    assert mesh.nodes[1].peers[0].packets_out[1] == 0
 
 
 def test_local_garbage_and_unknown_streams_are_counted(mesh: Mesh) -> None:

@@ -15,6 +15,15 @@ def exchange(a: LinkMonitor, b: LinkMonitor, now: float, rtt: float, deliver: bo
         a.on_reply(b.self_index, echo, now + rtt)
 
 
+def healthy_second(a: LinkMonitor, b: LinkMonitor) -> float:
+    """One second of answered probes a -> b (10 ms RTT); returns the time after it."""
+    t = 0.0
+    for _ in range(10):
+        exchange(a, b, t, 0.010)
+        t += 0.1
+    return t
+
+
 def test_rtt_up_and_gossip() -> None:
     a, b = LinkMonitor(0, [1]), LinkMonitor(1, [0])
     for i in range(10):
@@ -32,10 +41,7 @@ def test_rtt_up_and_gossip() -> None:
 
 def test_down_after_three_missed_probes() -> None:
     a, b = LinkMonitor(0, [1]), LinkMonitor(1, [0])
-    t = 0.0
-    for _ in range(10):
-        exchange(a, b, t, 0.010)
-        t += 0.1
+    t = healthy_second(a, b)
     assert a.evaluate(t)[0][2] == LinkStatus.UP
     cut_at = t
     while a.links[1].status != LinkStatus.DOWN:
@@ -90,10 +96,7 @@ def test_table_encoding_round_trip() -> None:
 def test_a_relay_that_stalled_does_not_declare_its_links_dead() -> None:
     """Our event loop stalled for a second (no probes sent): no evidence against the link."""
     a, b = LinkMonitor(0, [1]), LinkMonitor(1, [0])
-    t = 0.0
-    for _ in range(10):
-        exchange(a, b, t, 0.010)
-        t += 0.1
+    t = healthy_second(a, b)
     a.evaluate(t)
     t += 1.0  # stalled: the first tick after it sends a probe and evaluates before any echo
     a.make_probe(1, t)

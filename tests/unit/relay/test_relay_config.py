@@ -34,6 +34,12 @@ def test_keys_of_links_between_other_dcs_are_accepted() -> None:
     assert set(settings.relay_keys) == {"dc1-dc2", "dc2-dc3"}
 
 
+def test_dashed_dc_names_of_other_links_are_split_by_the_datacenter_list() -> None:
+    settings = load_settings({"MESHRTC_DC": "eu-west", "MESHRTC_DATACENTERS": "eu-west,us-east,ap-south",
+                              "MESHRTC_RELAY_KEYS": f"us-east-ap-south:{KEY}"})
+    assert settings.relay_keys == {relay_link_name("ap-south", "us-east"): KEY}
+
+
 def test_internal_ip_defaults_to_an_address() -> None:
     assert load_settings({}).internal_ip
 

@@ -97,7 +97,7 @@ async def test_same_dc_track_fans_out_locally_without_wan(pair: Pair) -> None:
     await until(lambda: dc1.forwarder.streams[sid].keyframe_to is not None)
     pair.node.sock.sendto(encode_local(LocalType.RTP, sid, 0, b"x"), dc1.forwarder.local_sock.getsockname())
     await until(lambda: bool(_readable(a)) and bool(_readable(b)))
-    assert dc1.forwarder.peer_counters[1].packets_out[1] == 0
+    assert dc1.forwarder.peers[1].packets_out[1] == 0
     a.sendto(encode_local(LocalType.KEYFRAME, sid, 1), dc1.forwarder.local_sock.getsockname())
     await until(lambda: bool(_readable(pair.node.sock)))
     assert parse_local(pair.node.sock.recv(2048))[:3] == (LocalType.KEYFRAME, sid, 1)
@@ -122,3 +122,16 @@ async def test_stopping_withdraws_subscriptions_at_once(pair: Pair) -> None:
     await pair.relays["dc2"].stop()
     await until(lambda: sid not in dc1.forwarder.streams, timeout=1.0)  # not after the 3.5 s lapse
     await until(lambda: pair.node.exports[-1][1].ttl_s == 0, timeout=1.0)
+
+
+async def test_publisher_moving_to_another_node_moves_the_export(pair: Pair) -> None:
+    await until(lambda: all(r.router.routes for r in pair.relays.values()))
+    subscriber = loopback_udp()
+    pair.relays["dc2"].subscribe(subscribe("TR_5", "dc1", subscriber))
+    await until(lambda: any(subject == "ctl.media.node-pub.export" for subject, _ in pair.node.exports))
+    moved = subscribe("TR_5", "dc1", subscriber).model_copy(update={"origin_node": "node-new"})
+    pair.relays["dc2"].subscribe(moved)
+    # the origin relay asks the new node and releases the old one, without waiting for a lapse
+    exports = pair.node.exports
+    await until(lambda: any(subject == "ctl.media.node-new.export" and e.ttl_s > 0 for subject, e in exports))
+    await until(lambda: any(subject == "ctl.media.node-pub.export" and e.ttl_s == 0 for subject, e in exports))

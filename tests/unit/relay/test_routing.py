@@ -106,13 +106,18 @@ def test_relays_that_disagree_cannot_build_a_loop() -> None:
             assert len(set(route)) == len(route) and route[0] == router.self_index
 
 
-def test_merge_routes_prefixes_share_one_datagram() -> None:
+def test_merge_routes_one_datagram_per_branch_point() -> None:
     merged = merge_routes({2: (0, 2), 1: (0, 2, 1), 3: (0, 3)})
-    assert sorted(merged) == [((0, 2, 1), (1, 2)), ((0, 3), (3,))]
+    assert sorted(merged) == [((0, 2), (1, 2)), ((0, 3), (3,))]  # dc2 delivers and branches to dc1
     assert merge_routes({1: (0, 1), 2: (0, 2)}) == [((0, 1), (1,)), ((0, 2), (2,))]
     assert merge_routes({}) == []
 
 
 def test_merge_routes_several_destinations_behind_one_dc() -> None:
-    merged = merge_routes({3: (0, 3), 1: (0, 3, 1)})
-    assert merged == [((0, 3, 1), (1, 3))]
+    assert merge_routes({3: (0, 3), 1: (0, 3, 1)}) == [((0, 3), (1, 3))]
+    assert merge_routes({2: (0, 3, 2), 4: (0, 3, 4)}) == [((0, 3), (2, 4))]  # dc3 not a destination
+    assert merge_routes({2: (0, 3, 2)}) == [((0, 3), (2,))]
+
+
+def test_merge_routes_longer_routes_ride_along() -> None:
+    assert merge_routes({5: (0, 3, 2, 5), 2: (0, 3, 2)}) == [((0, 3, 2), (2, 5))]

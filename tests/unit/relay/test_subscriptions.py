@@ -34,3 +34,12 @@ def test_remote_destinations_keep_the_stream_alive() -> None:
     assert subs.expire(3.5) == {1}
     assert set(subs.get(1).remote) == {"dc2"}  # type: ignore[union-attr]
     assert subs.local_count == 0
+
+
+def test_a_track_that_moved_to_another_node_counts_as_a_change() -> None:
+    subs = Subscriptions()
+    subs.add_local(1, REF, NODE_A, 5, now=0)
+    moved = TrackRef("TR_a", "room", "proj", "dc1", "node-2")
+    assert subs.add_local(1, moved, NODE_A, 5, now=1) is True
+    assert subs.get(1).ref == moved  # type: ignore[union-attr]
+    assert subs.add_local(1, moved, NODE_A, 5, now=2) is False
