@@ -149,6 +149,7 @@ class Settings:
     log_level: str = "INFO"
     heartbeat_ms: int = 500  # node.down after 3 missed beats: a dead media node is noticed within 2 s
     media_capacity: int = 200  # participants a media node accepts before it counts as full
+    resume_grace_ms: int = 10000  # a session whose WebSocket dropped waits this long for a resume
     pricing_file: str = ""
     relay_port: int = 0  # WAN UDP port (relay <-> relay)
     relay_local_port: int = 0  # UDP port for this DC's media nodes; 0: ephemeral
@@ -217,6 +218,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=env.get("MESHRTC_LOG_LEVEL", "INFO").upper(),
         heartbeat_ms=_int(env, "MESHRTC_HEARTBEAT_MS", Settings.heartbeat_ms),
         media_capacity=_int(env, "MESHRTC_MEDIA_CAPACITY", Settings.media_capacity),
+        resume_grace_ms=_int(env, "MESHRTC_RESUME_GRACE_MS", Settings.resume_grace_ms),
         pricing_file=env.get("MESHRTC_PRICING_FILE", ""),
         relay_port=_port(env, "MESHRTC_RELAY_PORT"),
         relay_local_port=_port(env, "MESHRTC_RELAY_LOCAL_PORT"),
@@ -268,6 +270,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         "MESHRTC_HEARTBEAT_MS": str(settings.heartbeat_ms),
         "MESHRTC_MEDIA_CAPACITY": str(settings.media_capacity),
         "MESHRTC_TELEMETRY_RETENTION": str(settings.telemetry_retention_s),
+        "MESHRTC_RESUME_GRACE_MS": str(settings.resume_grace_ms),
         "MESHRTC_RELAY_PORT": str(settings.relay_port),
         "MESHRTC_RELAY_LOCAL_PORT": str(settings.relay_local_port),
         "MESHRTC_RELAY_PEERS": ",".join(f"{dc}@{address}" for dc, address in settings.relay_peers.items()),

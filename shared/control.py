@@ -114,6 +114,7 @@ class OpenSession(ControlMessage):
     replaced_sid: str = ""
     token_expires_at: int = 0
     reconnect: bool = False
+    connection_id: str = ""  # the signal WebSocket serving it; down frames carry it (CONNECTION_HEADER)
 
 
 class SessionOpened(ControlMessage):
@@ -129,6 +130,27 @@ class CloseSession(ControlMessage):
     participant_sid: str
     reason: str = "signal_closed"
     graceful: bool = False  # client sent leave
+    connection_id: str = ""  # a close from a connection the session already left is ignored
+
+
+class ResumeSession(ControlMessage):
+    """signal -> whichever media node holds the session (`sess.resume.<sid>`): the client came
+    back with `reconnect=1&sid=...` on a new WebSocket; re-attach the session to it."""
+
+    participant_sid: str
+    project: str
+    room: str
+    identity: str
+    signal_node: str = ""
+    connection_id: str = ""
+    reconnect_reason: int = 0
+    token_expires_at: int = 0
+
+
+class SessionResumed(ControlMessage):
+    ok: bool
+    node_id: str = ""
+    error: str = ""
 
 
 class Ack(ControlMessage):
@@ -147,6 +169,7 @@ class NodeStats(ControlMessage):
     asyncio_tasks: int = 0
     open_peers: int = 0
     rss_bytes: int = 0
+    ice_restarts: dict[str, int] = {}  # participant sid -> ICE restarts of its two PeerConnections
     relay: dict[str, int] = {}  # the node's relay-wire counters (packets/bytes in and out, drops)
 
 

@@ -97,6 +97,11 @@ def session_to_signal_subject(participant_sid: str) -> str:
     return f"sess.client.{participant_sid}.down"
 
 
+def session_resume_subject(participant_sid: str) -> str:
+    """Signal -> the media node holding this session (only that node answers)."""
+    return f"sess.resume.{participant_sid}"
+
+
 def room_data_subject(room: str) -> str:
     """Data packets between the media nodes of one room (core NATS, not persisted; crosses DCs
     over the leafnode links while they are up)."""

@@ -24,10 +24,14 @@ from shared.control import (
     MediaCommand,
     NodeStats,
     OpenSession,
+    ResumeSession,
     SessionOpened,
+    SessionResumed,
 )
 from shared.events import (
     Envelope,
+    EventDecodeError,
+    NodeDown,
     NodeHeartbeat,
     ParticipantActive,
     ParticipantJoined,
@@ -54,6 +58,7 @@ from shared.service import Service
 from shared.subjects import (
     media_node_subject,
     room_data_subject,
+    session_resume_subject,
     session_to_signal_subject,
     telemetry_room_subject,
     usage_subject,
@@ -73,6 +78,7 @@ from .webrtc.peer import MediaPeer
 log = logging.getLogger(__name__)
 
 CLOSE_HEADER = "Meshrtc-Close"
+CONNECTION_HEADER = "Meshrtc-Connection"  # which signal WebSocket a down frame is for
 ORIGIN_HEADER = "Meshrtc-Node"  # the node a room data packet comes from (it delivered it locally already)
 RELIABLE_HEADER = "Meshrtc-Reliable"
 USAGE_INTERVAL = 5.0  # seconds between usage samples
@@ -111,6 +117,8 @@ class MediaNode(Service):
         await self.bus.serve(media_export_subject(self.node_id), self._on_export)
         background(self._relay_loop(), "media-relay")
         await self.bus.subscribe(f"sess.{self.node_id}.*.up", self._on_up)
+        await self.bus.subscribe(session_resume_subject("*"), self._on_resume)
+        await self.bus.subscribe(f"events.{self.settings.dc}.node.down.>", self._on_node_down)
         background(self._debug_loop(), "media-debug")
         background(self._room_loop(), "media-room-loop")
         background(self._usage_loop(), "media-usage")
@@ -239,11 +247,50 @@ class MediaNode(Service):
     async def _on_close(self, data: bytes) -> bytes:
         request = CloseSession.decode(data)
         session = self.sessions.get(request.participant_sid)
-        if session is not None:
-            reason = (models.DisconnectReason.CLIENT_INITIATED if request.graceful
-                      else models.DisconnectReason.SIGNAL_CLOSE)
-            await session.close(reason, send_leave=False)
+        if session is None or (request.connection_id and request.connection_id != session.connection_id):
+            return Ack().encode()  # gone, or a WebSocket the session has already left by resuming
+        if request.graceful:
+            await session.close(models.DisconnectReason.CLIENT_INITIATED, send_leave=False)
+        elif session.can_resume:
+            session.detach(self.settings.resume_grace_ms / 1000)
+        else:
+            await session.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=False)
         return Ack().encode()
+
+    async def _on_resume(self, msg: object) -> None:
+        """Only the node holding the session answers; the others stay silent, so the signal's
+        request times out when nobody holds it."""
+        try:
+            request = ResumeSession.decode(msg.data)  # type: ignore[attr-defined]
+        except ControlDecodeError:
+            return
+        session = self.sessions.get(request.participant_sid)
+        if session is None or session.closed:
+            return
+        if (request.identity, request.room, request.project) != (session.identity, session.room.name,
+                                                                 session.spec.project):
+            reply = SessionResumed(ok=False, error="token does not match the session")
+        elif not session.can_resume:
+            reply = SessionResumed(ok=False, error="session cannot be resumed")
+        else:
+            session.resume(request)
+            reply = SessionResumed(ok=True, node_id=self.node_id)
+        await msg.respond(reply.encode())  # type: ignore[attr-defined]
+
+    async def _on_node_down(self, msg: object) -> None:
+        """A signal instance died without closing its sessions: they wait for a resume."""
+        try:
+            env = Envelope.from_json(msg.data)  # type: ignore[attr-defined]
+        except EventDecodeError:
+            return
+        if not isinstance(env.payload, NodeDown) or env.payload.service != "signal":
+            return
+        for session in list(self.sessions.values()):
+            if session.signal_node == env.payload.node_id and session.detachment is None:
+                if session.can_resume:
+                    session.detach(self.settings.resume_grace_ms / 1000)
+                else:
+                    await session.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=False)
 
     async def _on_command(self, data: bytes) -> bytes:
         command = MediaCommand.decode(data)
@@ -397,6 +444,8 @@ class MediaNode(Service):
             subscriptions={sid: sorted(s.subscriptions) for sid, s in self.sessions.items()},
             sessions=len(self.sessions), tracks=sum(len(s.tracks) for s in self.sessions.values()),
             asyncio_tasks=len(asyncio.all_tasks()), open_peers=MediaPeer.open_count(), rss_bytes=_rss_bytes(),
+            ice_restarts={sid: session.publisher.ice_restarts + session.subscriber.ice_restarts
+                          for sid, session in self.sessions.items()},
             relay=self.relay_link.counters() if self.relay_link else {},
         ).encode()
 
@@ -407,10 +456,12 @@ class MediaNode(Service):
         if session is not None:
             session.enqueue(msg.data)  # type: ignore[attr-defined]
 
-    async def send_to_client(self, sid: str, data: bytes, close_reason: str | None) -> None:
+    async def send_to_client(self, sid: str, data: bytes, close_reason: str | None, connection_id: str = "") -> None:
         assert self.bus
-        headers = {CLOSE_HEADER: close_reason} if close_reason is not None else None
-        await self.bus.publish(session_to_signal_subject(sid), data, headers=headers)
+        headers = {CONNECTION_HEADER: connection_id} if connection_id else {}
+        if close_reason is not None:
+            headers[CLOSE_HEADER] = close_reason
+        await self.bus.publish(session_to_signal_subject(sid), data, headers=headers or None)
 
     # ---- callbacks from sessions (reported as events) ---------------------------------------
     def new_track_sid(self, track_type: int) -> str:

@@ -52,9 +52,8 @@ def join_response(
         server_version=VERSION,
         server_info=server_info(node_id, region),
         subscriber_primary=participant.permission.can_subscribe,
-        # The media node cannot ICE-restart a live session onto a new signal connection yet, so
-        # clients are told to rejoin in full rather than attempt a resume that would fail.
-        client_configuration=models.ClientConfiguration(resume_connection=models.ClientConfigSetting.DISABLED),
+        # Sessions outlive their WebSocket for a grace period and ICE-restart (resume.py).
+        client_configuration=client_configuration(),
         ping_interval=PING_INTERVAL,
         ping_timeout=PING_TIMEOUT,
         enabled_publish_codecs=[models.Codec(mime="video/VP8"), models.Codec(mime="audio/opus")],
@@ -63,6 +62,18 @@ def join_response(
     if not participant.permission.can_subscribe:
         join.subscriber_primary = False
     return rtc.SignalResponse(join=join)
+
+
+def client_configuration() -> models.ClientConfiguration:
+    return models.ClientConfiguration(resume_connection=models.ClientConfigSetting.ENABLED)
+
+
+def reconnect_response(node_id: str, region: str, last_message_seq: int) -> rtc.SignalResponse:
+    """The first frame of a resumed signal connection. `last_message_seq`: the last reliable
+    data sequence received from this client, which resends everything after it."""
+    return rtc.SignalResponse(reconnect=rtc.ReconnectResponse(
+        client_configuration=client_configuration(), server_info=server_info(node_id, region),
+        last_message_seq=last_message_seq))
 
 
 def leave(reason: int, action: int = rtc.LeaveRequest.Action.DISCONNECT) -> rtc.SignalResponse:

@@ -20,12 +20,13 @@ from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 from livekit.protocol import room as room_pb
 
-from shared.control import OpenSession
+from shared.control import OpenSession, ResumeSession
 from shared.events import Direction
 from shared.tasks import background
 
 from . import protocol
 from .data import DataSenderState, route_data
+from .resume import Detachment, ReliableLog, catch_up_update, receive_states, wanted_subscriptions
 from .room import NodeRoom
 from .rtp import rtcp
 from .track import PublishedTrack, wire_from_media
@@ -77,7 +78,13 @@ class Session:
                                 started_ms=int(time.time() * 1000))
         self.publisher = MediaPeer(role="publisher", label=f"{self.sid}/pub")
         self.subscriber = MediaPeer(role="subscriber", label=f"{self.sid}/sub")
-        self._outbox: asyncio.Queue[tuple[bytes, str | None]] = asyncio.Queue()
+        # The signal WebSocket serving the session now; None while detached (resume.py).
+        self.connection_id = spec.connection_id
+        self.signal_node = spec.signal_node
+        self.detachment: Detachment | None = None
+        self.reliable_log = ReliableLog()
+        self._grace: asyncio.Task[None] | None = None
+        self._outbox: asyncio.Queue[tuple[bytes, str | None, str]] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop(), name=f"session-out-{self.sid}")
         # Large enough for a libwebrtc client's candidate burst (hundreds of trickles while an
         # offer is being answered); a client past this is not speaking the protocol.
@@ -118,13 +125,17 @@ class Session:
         return bool(self.tracks)
 
     def send(self, response: rtc.SignalResponse) -> None:
-        if not self.closed:
-            self._outbox.put_nowait((response.SerializeToString(), None))
+        if self.closed:
+            return
+        if self.detachment is not None:
+            self.detachment.missed(response)
+            return
+        self._outbox.put_nowait((response.SerializeToString(), None, self.connection_id))
 
     async def _write_loop(self) -> None:
         while True:
-            data, close_reason = await self._outbox.get()
-            await self.node.send_to_client(self.sid, data, close_reason)
+            data, close_reason, connection_id = await self._outbox.get()
+            await self.node.send_to_client(self.sid, data, close_reason, connection_id)
             if close_reason is not None:
                 return
 
@@ -205,11 +216,12 @@ class Session:
                     action: int = rtc.LeaveRequest.Action.DISCONNECT) -> None:
         if self.closed:
             return
-        if send_leave:
-            self._outbox.put_nowait((protocol.leave(reason, action).SerializeToString(), "leave"))
+        if send_leave and self.detachment is None:
+            self._outbox.put_nowait((protocol.leave(reason, action).SerializeToString(), "leave", self.connection_id))
         self.closed = True
-        if self._connect_watch and self._connect_watch is not asyncio.current_task():
-            self._connect_watch.cancel()  # (close() may run inside the watch itself)
+        for watch in (self._connect_watch, self._grace):
+            if watch and watch is not asyncio.current_task():
+                watch.cancel()  # (close() may run inside the watch itself)
         for task in list(self._tasks):
             task.cancel()
         if asyncio.current_task() is not self._reader:
@@ -224,7 +236,7 @@ class Session:
         self.room.broadcast_participant(self.bump(), exclude=self.sid, hidden=self.permission.hidden)
         await asyncio.gather(self.publisher.close(), self.subscriber.close(), return_exceptions=True)
         self.node.report_usage(self)  # the last interval, after the sockets are closed
-        if send_leave:
+        if send_leave and self.detachment is None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._writer), 2)
         self._writer.cancel()
@@ -457,8 +469,73 @@ class Session:
         self.send(rtc.SignalResponse(subscription_permission_update=rtc.SubscriptionPermissionUpdate(
             participant_sid=publisher_sid, track_sid=track_sid, allowed=allowed)))
 
+    # ---- resume (resume.py) ----------------------------------------------------------------
+    @property
+    def can_resume(self) -> bool:
+        """ICE connected once and both PeerConnections are alive to be ICE-restarted (as Go
+        keeps a participant whose WebSocket closed only if ICE had connected)."""
+        return (self.active and not self.closed and not self.publisher.closed and not self.subscriber.closed
+                and self.subscriber.connection_state not in ("failed", "closed"))
+
+    def detach(self, grace: float) -> None:
+        """The WebSocket is gone: keep the session for `grace` seconds, waiting for a resume."""
+        if self.closed or self.detachment is not None:
+            return
+        self.detachment = Detachment(since=time.monotonic())
+        self._grace = asyncio.create_task(self._close_after(grace), name=f"resume-grace-{self.sid}")
+        log.info("session %s detached from its signal connection; resumable for %.0f s", self.sid, grace)
+
+    async def _close_after(self, grace: float) -> None:
+        await asyncio.sleep(grace)
+        if self.detachment is not None and not self.closed:
+            log.info("session %s was not resumed within %.0f s; closing it", self.sid, grace)
+            await self.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=False)
+
+    def resume(self, request: ResumeSession) -> None:
+        """Attach the session to the client's new WebSocket: ReconnectResponse first, then the
+        room as it is now, then a subscriber offer with an ICE restart."""
+        detachment, self.detachment = self.detachment, None
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        self.connection_id = request.connection_id
+        self.signal_node = request.signal_node
+        region = self.node.settings.region or self.node.settings.dc
+        self.send(protocol.reconnect_response(self.node.node_id, region, self.data_state.last_reliable_seq))
+        current = [s.info for s in self.room.visible_sessions(exclude=self.sid)] + self.room.remote_infos()
+        current.append(self.info)
+        self.send(catch_up_update(current, detachment.departed if detachment else {}))
+        self.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.room.proto())))
+        # An offer sent while detached was lost: this one replaces it.
+        self._negotiating = False
+        self._renegotiate = False
+        self.spawn(self.negotiate_subscriber(ice_restart=True), "subscriber-ice-restart")
+        log.info("session %s resumed (reason %d, %d frame(s) missed)", self.sid, request.reconnect_reason,
+                 detachment.dropped_frames if detachment else 0)
+
     async def _on_sync_state(self, request: rtc.SignalRequest) -> None:
-        return None
+        """The client's view after a resume: its subscription choices are applied again, and
+        reliable data it did not receive is sent once more (receivers drop duplicates by sequence)."""
+        sync = request.sync_state
+        subscribe, sids = wanted_subscriptions(sync)
+        changed = False
+        for sid in sids:
+            track = self.room.tracks.get(sid)
+            if track is None or track.publisher is self:
+                continue
+            if subscribe and sid not in self.subscriptions and self.permission.can_subscribe:
+                self.subscribe(track, negotiate=False)
+                changed = True
+            elif not subscribe and sid in self.subscriptions:
+                self.unsubscribe(track, negotiate=False)
+                changed = True
+        unknown = [t.cid for t in sync.publish_tracks if t.track.sid and t.track.sid not in self.tracks]
+        if unknown:
+            log.warning("session %s: client resumed with tracks this node does not have: %s", self.sid, unknown)
+        for payload in self.reliable_log.missed(receive_states(sync)):
+            self.subscriber.send_data("_reliable", payload)
+        if changed:
+            self.spawn(self.negotiate_subscriber(), "subscriber-offer")
 
     # ---- publishing -----------------------------------------------------------------------
     def _publish_from_sdp(self) -> None:
@@ -551,14 +628,14 @@ class Session:
         if negotiate and not self.closed:
             self.spawn(self.negotiate_subscriber(), "subscriber-offer")
 
-    async def negotiate_subscriber(self) -> None:
+    async def negotiate_subscriber(self, ice_restart: bool = False) -> None:
         if self.closed:
             return
         if self._negotiating:
             self._renegotiate = True
             return
         self._negotiating = True
-        offer_sdp = await asyncio.wait_for(self.subscriber.create_offer(), PC_DEADLINE)
+        offer_sdp = await asyncio.wait_for(self.subscriber.create_offer(ice_restart=ice_restart), PC_DEADLINE)
         self._offer_id += 1
         self.send(rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=offer_sdp, id=self._offer_id)))
 
@@ -574,5 +651,8 @@ class Session:
             self.node.forward_data(self.room, routed.payload, routed.reliable)
 
     def deliver_data(self, payload: bytes, reliable: bool) -> None:
-        if not self.closed:
-            self.subscriber.send_data("_reliable" if reliable else "_lossy", payload)
+        if self.closed:
+            return
+        if reliable:
+            self.reliable_log.record(payload)
+        self.subscriber.send_data("_reliable" if reliable else "_lossy", payload)

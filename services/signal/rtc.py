@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -20,17 +22,24 @@ from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 
 from shared.auth import Claims, TokenVerifier, mint_token
-from shared.bus import Bus, BusTimeout, RemoteError
-from shared.control import CloseSession, OpenSession, SessionOpened
-from shared.subjects import media_node_subject, session_to_node_subject, session_to_signal_subject
+from shared.bus import Bus, BusTimeout, RemoteError, Subscription
+from shared.control import CloseSession, ControlDecodeError, OpenSession, ResumeSession, SessionOpened, SessionResumed
+from shared.subjects import (
+    media_node_subject,
+    session_resume_subject,
+    session_to_node_subject,
+    session_to_signal_subject,
+)
 
-from .admission import HttpError, admit, authenticate
+from .admission import HttpError, admit, authenticate, check_join_grants
 from .denial import deny
 from .params import ConnectParams, ParamError, parse_connect_params
 
 log = logging.getLogger(__name__)
 
 CLOSE_HEADER = "Meshrtc-Close"
+CONNECTION_HEADER = "Meshrtc-Connection"  # down frames for another WebSocket of the same session are dropped
+RESUME_TIMEOUT = 3.0  # seconds to find the node holding a session (clients wait 5 s for the first frame)
 REFRESH_EVERY = 300.0  # seconds between refreshed tokens, as LiveKit does
 REFRESH_TTL = timedelta(hours=6)
 DOWN_QUEUE = 4096  # frames buffered per client before the slowest client is cut loose
@@ -39,6 +48,8 @@ DOWN_QUEUE = 4096  # frames buffered per client before the slowest client is cut
 @dataclass
 class SignalCounters:
     sessions: int = 0
+    resumed: int = 0
+    resume_refused: int = 0
     frames_up: int = 0
     frames_down: int = 0
     malformed_frames: int = 0
@@ -76,8 +87,6 @@ class RtcEndpoint:
         except ParamError as exc:
             raise HttpError(exc.status, exc.message) from None
         claims = authenticate(self.verifier, authorization, query.get("access_token"))
-        from .admission import check_join_grants
-
         check_join_grants(claims)
         return params
 
@@ -95,16 +104,10 @@ class RtcEndpoint:
             return
 
         if params.reconnect:
-            # No resumable session is kept across signal connections yet: tell the client to
-            # rejoin in full (it keeps its identity; the room replaces the old participant).
-            await ws.accept()
-            leave = rtc.SignalResponse(leave=rtc.LeaveRequest(
-                can_reconnect=True, reason=models.DisconnectReason.STATE_MISMATCH,
-                action=rtc.LeaveRequest.Action.RECONNECT))
-            await ws.send_bytes(leave.SerializeToString())
-            await ws.close()
+            await self._resume(ws, params, claims)
             return
 
+        connection_id = uuid.uuid4().hex
         down: asyncio.Queue[tuple[bytes, str | None]] = asyncio.Queue(DOWN_QUEUE)
         participant_sid = ""
         subscription = None
@@ -113,19 +116,8 @@ class RtcEndpoint:
             admission = admitted.admission
             participant_sid = admission.participant_sid
             assert admission.room is not None
-
-            async def on_down(msg: object) -> None:
-                headers = getattr(msg, "headers", None) or {}
-                try:
-                    down.put_nowait((msg.data, headers.get(CLOSE_HEADER)))  # type: ignore[attr-defined]
-                except asyncio.QueueFull:
-                    # A client that stops reading must not grow memory without bound: cut it loose.
-                    log.warning("client %s is not reading; closing its signal connection", participant_sid)
-                    while not down.empty():
-                        down.get_nowait()
-                    down.put_nowait((b"", "slow_client"))
-
-            subscription = await self.bus.subscribe(session_to_signal_subject(participant_sid), on_down)
+            subscription = await self.bus.subscribe(session_to_signal_subject(participant_sid),
+                                                    self._down_handler(participant_sid, connection_id, down))
             request = admitted.request
             open_msg = OpenSession(
                 project=request.project, room=admission.room, participant_sid=participant_sid,
@@ -134,7 +126,7 @@ class RtcEndpoint:
                 client=params.client, auto_subscribe=params.auto_subscribe,
                 adaptive_stream=params.adaptive_stream, subscriber_allow_pause=params.subscriber_allow_pause,
                 signal_node=self.node_id, replaced_sid=admission.replaced_sid,
-                token_expires_at=claims.expires_at or 0,
+                token_expires_at=claims.expires_at or 0, connection_id=connection_id,
             )
             try:
                 raw = await self.bus.request(media_node_subject(admission.node_id, "open"), open_msg.encode(),
@@ -151,9 +143,76 @@ class RtcEndpoint:
             return
 
         await ws.accept()
+        await self._bridge(ws, participant_sid, admission.node_id, connection_id, down, subscription, claims)
+
+    async def _resume(self, ws: WebSocket, params: ConnectParams, claims: Claims) -> None:
+        """`reconnect=1&sid=...`: re-attach the session the media node kept after the client's
+        previous WebSocket dropped. The node sends ReconnectResponse first; when no node holds
+        a resumable session the client is told to rejoin in full (leave RECONNECT)."""
+        try:
+            room = check_join_grants(claims)
+        except HttpError as exc:
+            await deny(ws, exc.status, exc.message)
+            return
+        sid = params.participant_sid
+        connection_id = uuid.uuid4().hex
+        down: asyncio.Queue[tuple[bytes, str | None]] = asyncio.Queue(DOWN_QUEUE)
+        subscription = None
+        resumed: SessionResumed | None = None
+        if sid.startswith("PA_"):
+            # Subscribed before asking, so the ReconnectResponse the node sends is not missed.
+            subscription = await self.bus.subscribe(session_to_signal_subject(sid),
+                                                    self._down_handler(sid, connection_id, down))
+            request = ResumeSession(participant_sid=sid, project=claims.api_key, room=room, identity=claims.identity,
+                                    signal_node=self.node_id, connection_id=connection_id,
+                                    reconnect_reason=params.reconnect_reason, token_expires_at=claims.expires_at or 0)
+            try:
+                resumed = SessionResumed.decode(await self.bus.request(
+                    session_resume_subject(sid), request.encode(), timeout=RESUME_TIMEOUT))
+            except (BusTimeout, RemoteError, ControlDecodeError):
+                resumed = None
+        await ws.accept()
+        if resumed is None or not resumed.ok or subscription is None:
+            self.counters.resume_refused += 1
+            log.info("resume of %s refused (%s): full reconnect", sid or "?",
+                     resumed.error if resumed else "no node holds it")
+            if subscription is not None:
+                await subscription.unsubscribe()
+            leave = rtc.SignalResponse(leave=rtc.LeaveRequest(
+                can_reconnect=True, reason=models.DisconnectReason.STATE_MISMATCH,
+                action=rtc.LeaveRequest.Action.RECONNECT))
+            with contextlib.suppress(Exception):
+                await ws.send_bytes(leave.SerializeToString())
+                await ws.close()
+            return
+        self.counters.resumed += 1
+        await self._bridge(ws, sid, resumed.node_id, connection_id, down, subscription, claims)
+
+    def _down_handler(self, participant_sid: str, connection_id: str,
+                      down: asyncio.Queue[tuple[bytes, str | None]]) -> Callable[[object], Awaitable[None]]:
+        async def on_down(msg: object) -> None:
+            headers = getattr(msg, "headers", None) or {}
+            if headers.get(CONNECTION_HEADER, connection_id) != connection_id:
+                return  # for the WebSocket that replaced this one (the client resumed elsewhere)
+            try:
+                down.put_nowait((msg.data, headers.get(CLOSE_HEADER)))  # type: ignore[attr-defined]
+            except asyncio.QueueFull:
+                # A client that stops reading must not grow memory without bound: cut it loose.
+                log.warning("client %s is not reading; closing its signal connection", participant_sid)
+                while not down.empty():
+                    down.get_nowait()
+                down.put_nowait((b"", "slow_client"))
+
+        return on_down
+
+    async def _bridge(self, ws: WebSocket, participant_sid: str, node_id: str, connection_id: str,
+                      down: asyncio.Queue[tuple[bytes, str | None]], subscription: Subscription,
+                      claims: Claims) -> None:
+        """Moves frames until either side ends, then tells the node (which keeps the session
+        for a resume unless the client left on purpose)."""
         self.counters.sessions += 1
-        self.bridges[participant_sid] = (admission.node_id, down)
-        up_subject = session_to_node_subject(admission.node_id, participant_sid)
+        self.bridges[participant_sid] = (node_id, down)
+        up_subject = session_to_node_subject(node_id, participant_sid)
         graceful = False
         sender = asyncio.create_task(self._pump_down(ws, down, claims), name=f"ws-down-{participant_sid}")
         try:
@@ -165,11 +224,13 @@ class RtcEndpoint:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
             self.counters.sessions -= 1
-            self.bridges.pop(participant_sid, None)
+            if self.bridges.get(participant_sid, (None, None))[1] is down:
+                del self.bridges[participant_sid]
             close = CloseSession(participant_sid=participant_sid, graceful=graceful,
-                                 reason="client_leave" if graceful else "signal_closed")
+                                 reason="client_leave" if graceful else "signal_closed",
+                                 connection_id=connection_id)
             with contextlib.suppress(Exception):
-                await self.bus.request(media_node_subject(admission.node_id, "close"), close.encode(), timeout=2.0)
+                await self.bus.request(media_node_subject(node_id, "close"), close.encode(), timeout=2.0)
             with contextlib.suppress(Exception):
                 await ws.close()
 

@@ -43,6 +43,7 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.sdp import candidate_from_sdp
 
 from .ice import rtc_configuration
+from .ice_restart import IceSwitch
 from .rtcp import feedback_media_ssrcs, iter_rtcp
 from .sdp import (
     MID_URI,
@@ -377,9 +378,10 @@ class MediaPeer:
         ``ssrcs``, ``extmaps``, ``codecs``)."""
         return [m for m in self.remote_media if m.sends]
 
-    async def create_offer(self, *, time_limit: float | None = None) -> str:
-        """Subscriber role: a (re)offer covering every outgoing track and data channel."""
-        return await self._operation("create_offer", self._create_offer(), time_limit)
+    async def create_offer(self, *, ice_restart: bool = False, time_limit: float | None = None) -> str:
+        """Subscriber role: a (re)offer covering every outgoing track and data channel; with
+        ``ice_restart`` it carries fresh ICE credentials and candidates (see ice_restart.py)."""
+        return await self._operation("create_offer", self._create_offer(ice_restart), time_limit)
 
     async def accept_answer(self, sdp: str, *, time_limit: float | None = None) -> None:
         """Subscriber role: apply the client's answer to our last offer."""
@@ -416,17 +418,29 @@ class MediaPeer:
             logger.debug("%r: remote candidate %r dropped: %r", self, candidate, exc)
 
     async def _accept_offer(self, sdp: str) -> str:
+        parsed = parse_sdp(sdp)
+        switch = self._ice_switch()
+        restart = switch is not None and switch.is_new_remote(parsed.ice_ufrag)
+        if restart:
+            await switch.begin()  # before the description: its candidates belong to the new connection
+            self._install_hooks()
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        self.remote_media = parse_sdp(sdp).media
+        self.remote_media = parsed.media
         self._demux.configure(self.remote_media)
         self._neutralize_receivers()
         await self._flush_candidates()
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         self._install_hooks()
+        if restart and switch is not None and parsed.ice_ufrag and parsed.ice_pwd:
+            switch.connect(parsed.ice_ufrag, parsed.ice_pwd)
         return munge_publisher_answer(sdp, self.pc.localDescription.sdp)
 
-    async def _create_offer(self) -> str:
+    async def _create_offer(self, ice_restart: bool = False) -> str:
+        switch = self._ice_switch() if ice_restart else None
+        if switch is not None:
+            await switch.begin()
+            self._install_hooks()
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)
         self._neutralize_receivers()
@@ -437,10 +451,14 @@ class MediaPeer:
         return strip_inactive_msids(sdp)
 
     async def _accept_answer(self, sdp: str) -> None:
+        parsed = parse_sdp(sdp)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
-        self.remote_media = parse_sdp(sdp).media
+        self.remote_media = parsed.media
         await self._flush_candidates()
         self._refresh_routes()
+        switch = self._ice_switch()
+        if switch is not None and switch.awaiting_remote and parsed.ice_ufrag and parsed.ice_pwd:
+            switch.connect(parsed.ice_ufrag, parsed.ice_pwd)
 
     async def _add_remote_candidate(self, candidate: Any) -> None:
         ice = self._ice_transport()
@@ -681,8 +699,25 @@ class MediaPeer:
             if getattr(receiver, "_RTCRtpReceiver__decoder_thread", None) is not None:
                 receiver._RTCRtpReceiver__stop_decoder()  # type: ignore[attr-defined]
 
+    @property
+    def ice_restarts(self) -> int:
+        """ICE restarts begun on this connection (ice_restart.py)."""
+        switch = self._ice_switch()
+        return switch.restarts if switch is not None else 0
+
+    def _ice_switch(self) -> IceSwitch | None:
+        """The ICE restart switch of the (bundled) transport, once ICE has been set up."""
+        ice = self._ice_transport()
+        return IceSwitch.of(ice, self._ice_switched) if ice is not None else None
+
+    def _ice_switched(self) -> None:
+        """An ICE restart selected its pair: the fast path and socket hooks follow it."""
+        self._install_hooks()
+        self._activate_fast_path()
+
     def _install_hooks(self) -> None:
         for dtls in self._dtls_transports():
+            IceSwitch.of(dtls.transport, self._ice_switched)  # before DTLS first reads from ICE
             if getattr(dtls, _MARK, None) is not self:
                 setattr(dtls, _MARK, self)
                 dtls._handle_rtp_data = self._fallback_rtp  # type: ignore[method-assign]
@@ -865,6 +900,9 @@ class MediaPeer:
         owned_ids = {id(obj) for obj in self._owned}
         protocols = self._all_protocols()  # aioice forgets them while closing
 
+        for ice in getattr(self.pc, "_RTCPeerConnection__iceTransports", ()):
+            if (switch := getattr(ice, "_meshrtc_switch", None)) is not None:
+                await switch.close()  # connections of an unfinished restart aiortc does not know
         close_task = asyncio.ensure_future(self.pc.close())
         done, _ = await asyncio.wait({close_task}, timeout=self.close_timeout)
         if close_task in done:

@@ -15,6 +15,7 @@ from services.media.protocol import (
     leave,
     permission_proto,
     quality_from_rid,
+    reconnect_response,
     room_proto,
     server_info,
     track_info_from_request,
@@ -66,8 +67,18 @@ def test_server_version_semver_at_least_1_8() -> None:
     assert j.server_info.edition == models.ServerInfo.Edition.Standard
 
 
-def test_resume_disabled() -> None:
-    assert join().client_configuration.resume_connection == models.ClientConfigSetting.DISABLED
+def test_resume_enabled() -> None:
+    assert join().client_configuration.resume_connection == models.ClientConfigSetting.ENABLED
+
+
+def test_reconnect_response_carries_last_sequence_and_server() -> None:
+    response = reconnect_response("node-1", "eu", 41)
+    assert response.WhichOneof("message") == "reconnect"
+    reconnect = response.reconnect
+    assert reconnect.last_message_seq == 41
+    assert (reconnect.server_info.node_id, reconnect.server_info.region) == ("node-1", "eu")
+    assert reconnect.server_info.version and reconnect.server_info.protocol == PROTOCOL
+    assert reconnect.client_configuration.resume_connection == models.ClientConfigSetting.ENABLED
 
 
 def test_join_carries_room_and_participants() -> None:

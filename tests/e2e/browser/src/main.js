@@ -185,6 +185,39 @@ function remoteVideoElement() {
   return { width: el.videoWidth, height: el.videoHeight, currentTime: el.currentTime, paused: el.paused };
 }
 
+// Reliable data every `intervalMs` ("<prefix>-<n>"), kept going across reconnects; stopDataLoop()
+// returns what publishData accepted, in order.
+let dataLoop = null;
+function startDataLoop(prefix, intervalMs = 50) {
+  const sent = [];
+  const failed = [];
+  let n = 0;
+  let busy = false;
+  const timer = setInterval(async () => {
+    if (busy || !room) return;
+    busy = true;
+    const text = `${prefix}-${n}`;
+    n += 1;
+    try {
+      await room.localParticipant.publishData(new TextEncoder().encode(text), { reliable: true, topic: 'resume' });
+      sent.push(text);
+    } catch (e) {
+      failed.push(`${text}: ${e && e.message ? e.message : e}`);
+    } finally {
+      busy = false;
+    }
+  }, intervalMs);
+  dataLoop = { timer, sent, failed };
+}
+
+function stopDataLoop() {
+  if (!dataLoop) return { sent: [], failed: [] };
+  clearInterval(dataLoop.timer);
+  const { sent, failed } = dataLoop;
+  dataLoop = null;
+  return { sent, failed };
+}
+
 async function disconnect() {
   if (room) await room.disconnect();
   room = null;
@@ -205,6 +238,8 @@ window.lk = {
   remoteVideoStats,
   attachRemoteVideo,
   remoteVideoElement,
+  startDataLoop,
+  stopDataLoop,
   disconnect,
 };
 setStatus(`livekit-client ${LK.version} loaded`);
