@@ -118,8 +118,12 @@ class Session:
         return bool(self.tracks)
 
     def send(self, response: rtc.SignalResponse) -> None:
+        self.send_frame(response.SerializeToString())
+
+    def send_frame(self, frame: bytes) -> None:
+        """A serialized SignalResponse (room broadcasts serialize once for everyone)."""
         if not self.closed:
-            self._outbox.put_nowait((response.SerializeToString(), None))
+            self._outbox.put_nowait((frame, None))
 
     async def _write_loop(self) -> None:
         while True:

@@ -642,7 +642,8 @@ class MediaPeer:
         for start in range(0, len(reports), 31):
             chunk = reports[start:start + 31]
             packet = b"".join(build_sr(*report) for report in chunk)
-            self.send_rtcp(packet + build_sdes([(report[0], cname) for report in chunk]))
+            # one SDES per SSRC: aiortc's parser misreads multi-chunk SDES of most CNAME lengths
+            self.send_rtcp(packet + b"".join(build_sdes([(report[0], cname)]) for report in chunk))
 
     # ------------------------------------------------------------------ data channels
 

@@ -10,6 +10,7 @@ from aiortc.rtp import (
     RtcpReceiverInfo,
     RtcpRrPacket,
     RtcpRtpfbPacket,
+    RtcpSdesPacket,
     RtcpSenderInfo,
     RtcpSrPacket,
     pack_remb_fci,
@@ -175,3 +176,20 @@ def test_ntp_helpers() -> None:
     assert ntp >> 32 == rtcp.NTP_EPOCH_OFFSET
     assert ntp & 0xFFFFFFFF == 1 << 31
     assert rtcp.ntp_middle(0x1122334455667788) == 0x33445566
+
+
+def test_sr_sdes_bye_compound_aiortc_parses_it() -> None:
+    sr = rtcp.build_sr(0x1234, 0xAABBCCDD11223344, 9000, 7, 700)
+    # (aiortc's parser only realigns between chunks when the terminator takes 2 bytes: lengths 4k)
+    sdes = rtcp.build_sdes([(0x1234, b"cname-01"), (0x5678, b"abcd")]) + rtcp.build_sdes([(0x9, b"odd")])
+    bye = rtcp.build_bye([0x1234, 0x5678])
+    assert len(sdes) % 4 == 0
+    parsed = RtcpPacket.parse(sr + sdes + bye)
+    assert [type(p) for p in parsed] == [RtcpSrPacket, RtcpSdesPacket, RtcpSdesPacket, RtcpByePacket]
+    assert parsed[0].ssrc == 0x1234 and parsed[0].sender_info.rtp_timestamp == 9000
+    chunks = parsed[1].chunks
+    assert [(c.ssrc, c.items) for c in chunks] == [(0x1234, [(1, b"cname-01")]), (0x5678, [(1, b"abcd")])]
+    assert [(c.ssrc, c.items) for c in parsed[2].chunks] == [(0x9, [(1, b"odd")])]
+    assert parsed[3].sources == [0x1234, 0x5678]
+    with pytest.raises(ValueError):
+        rtcp.build_sdes([(1, b"x" * 256)])
