@@ -44,7 +44,7 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.sdp import candidate_from_sdp
 
 from ..rtp.rtcp import build_sdes, build_sr
-from . import srtp
+from . import consent, srtp
 from .ice import rtc_configuration
 from .rtcp import feedback_media_ssrcs, iter_rtcp
 from .sdp import (
@@ -289,6 +289,7 @@ class MediaPeer:
         self._rtcp_routes: dict[int, OutgoingTrack] = {}
         self._channels: dict[str, RTCDataChannel] = {}
         self._pending_candidates: list[Any] = []
+        self._remote_description_set = False
         self._lock = asyncio.Lock()
         self._closed = False
         self._close_task: asyncio.Future[None] | None = None
@@ -432,6 +433,7 @@ class MediaPeer:
 
     async def _accept_offer(self, sdp: str) -> str:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        self._remote_description_set = True
         self.remote_media = parse_sdp(sdp).media
         self._demux.configure(self.remote_media)
         self._neutralize_receivers()
@@ -453,13 +455,16 @@ class MediaPeer:
 
     async def _accept_answer(self, sdp: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        self._remote_description_set = True
         self.remote_media = parse_sdp(sdp).media
         await self._flush_candidates()
         self._refresh_routes()
 
     async def _add_remote_candidate(self, candidate: Any) -> None:
         ice = self._ice_transport()
-        if ice is None or self.pc.remoteDescription is None:
+        # (not pc.remoteDescription: aiortc serializes the whole SDP on every access of that property,
+        # which made trickle -- dozens of candidates per client -- the costliest part of a join storm)
+        if ice is None or not self._remote_description_set:
             # trickled before the offer/answer it belongs to: applied with the next description
             self._pending_candidates.append(candidate)
             return
@@ -749,6 +754,7 @@ class MediaPeer:
             objects += [dtls, dtls.transport, dtls.transport._connection]
         for ice in getattr(self.pc, "_RTCPeerConnection__iceTransports", ()):
             objects += [ice, ice._connection]
+            consent.install(ice._connection)
         known = {id(obj) for obj in self._owned}
         for obj in objects:
             if id(obj) not in known:
