@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 PC_DEADLINE = 10.0  # seconds any single PeerConnection operation may take
 ICE_DEADLINE = 20.0  # a session whose transports never connect is released
+OFFER_COALESCE = 0.1  # seconds a subscriber offer waits for more subscription changes
 SOURCE_NAMES = {models.TrackSource.CAMERA: "camera", models.TrackSource.MICROPHONE: "microphone",
                 models.TrackSource.SCREEN_SHARE: "screen_share",
                 models.TrackSource.SCREEN_SHARE_AUDIO: "screen_share_audio"}
@@ -85,8 +86,9 @@ class Session:
         self._reader = asyncio.create_task(self._read_loop(), name=f"session-in-{self.sid}")
         self._tasks: set[asyncio.Task[object]] = set()
         self._offer_id = 0
-        self._negotiating = False
-        self._renegotiate = False
+        self._negotiating = False  # an offer is being built or waits for its answer
+        self._changes = 0  # subscription changes requested so far ...
+        self._offered = 0  # ... and how many of them the last offer covers
         self._subscribe_existing = False
         self._first_answered = False
         self._deferred: set[str] = set()  # subscriptions asked for before the first answer
@@ -295,12 +297,11 @@ class Session:
             for sid in wanted:
                 if (track := self.room.tracks.get(sid)) is not None and track.sid not in self.subscriptions:
                     self.subscribe(track, negotiate=False)
-                    self._renegotiate = True
+                    self._changes += 1
         for track in self.room.tracks.values():
             track.subscriber_ready(self)
-        if self._renegotiate:
-            self._renegotiate = False
-            self.spawn(self.negotiate_subscriber(), "subscriber-offer")
+        if self._changes > self._offered:
+            self.spawn(self.negotiate_subscriber(requested=False), "subscriber-offer")
 
     async def _on_trickle(self, request: rtc.SignalRequest) -> None:
         trickle = request.trickle
@@ -555,13 +556,21 @@ class Session:
         if negotiate and not self.closed:
             self.spawn(self.negotiate_subscriber(), "subscriber-offer")
 
-    async def negotiate_subscriber(self) -> None:
+    async def negotiate_subscriber(self, requested: bool = True) -> None:
+        """Offer the subscriber PeerConnection's current tracks. One offer at a time: changes
+        requested while an offer is out are offered together once it is answered, and a new
+        offer waits OFFER_COALESCE so a burst (a room whose participants all publish at once)
+        lands in one offer instead of one renegotiation per track."""
         if self.closed:
             return
+        if requested:
+            self._changes += 1
         if self._negotiating:
-            self._renegotiate = True
             return
         self._negotiating = True
+        if self._first_answered:  # (the first offer, data channels only, goes out at once)
+            await asyncio.sleep(OFFER_COALESCE)
+        self._offered = self._changes
         offer_sdp = await asyncio.wait_for(self.subscriber.create_offer(), PC_DEADLINE)
         self._offer_id += 1
         self.send(rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=offer_sdp, id=self._offer_id)))
