@@ -44,6 +44,7 @@ async def query_consent(self: Any) -> None:
     """Bound to an aioice ``Connection`` (hence ``self``, so ``MediaPeer.close`` reaps the task)."""
     loop = asyncio.get_running_loop()
     answered = loop.time()
+    failure: stun.TransactionError | None = None
     while True:
         await asyncio.sleep(CONSENT_INTERVAL * (0.8 + 0.4 * random.random()))
         for pair in list(self._nominated.values()):
@@ -53,11 +54,12 @@ async def query_consent(self: Any) -> None:
                                             integrity_key=self.remote_password.encode("utf8"),
                                             retransmissions=RETRANSMISSIONS)
                 answered = loop.time()
-            except stun.TransactionError:
-                pass
+            except stun.TransactionError as exc:
+                failure = exc
         silent = loop.time() - answered
         if silent >= CONSENT_TIMEOUT:
-            logger.info("ICE consent expired: no check answered for %.0f s", silent)
+            logger.info("ICE consent expired: no check answered for %.0f s (last: %r, pairs %s)", silent, failure,
+                        [(p.local_candidate.host, p.remote_addr) for p in self._nominated.values()])
             self._query_consent_task = None
             await self.close()
             return

@@ -45,7 +45,7 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.sdp import candidate_from_sdp
 
 from ..rtp.rtcp import build_sdes, build_sr
-from . import consent, srtp
+from . import consent, lazy_estimator, srtp
 from .ice import rtc_configuration
 from .rtcp import feedback_media_ssrcs, iter_rtcp
 from .sdp import (
@@ -70,6 +70,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+lazy_estimator.install()  # receivers are created for every m-line and never fed
 
 T = TypeVar("T")
 RtpCallback = Callable[[bytes], None]

@@ -193,3 +193,23 @@ def test_sr_sdes_bye_compound_aiortc_parses_it() -> None:
     assert parsed[3].sources == [0x1234, 0x5678]
     with pytest.raises(ValueError):
         rtcp.build_sdes([(1, b"x" * 256)])
+
+
+def test_lazy_bitrate_estimator_builds_on_first_use_and_behaves_the_same() -> None:
+    from aiortc.rate import RemoteBitrateEstimator
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+    from services.media.webrtc import lazy_estimator
+
+    lazy_estimator.install()
+    class OpenTransport:  # all RTCRtpReceiver.__init__ reads of its transport
+        state = "new"
+
+    receiver = RTCRtpReceiver("video", transport=OpenTransport())  # type: ignore[arg-type]
+    estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+    assert isinstance(estimator, lazy_estimator.LazyRemoteBitrateEstimator) and not estimator.built
+    real = RemoteBitrateEstimator()
+    for i in range(50):  # abs-send-time every 10 ms, 1200 bytes: both report the same
+        args = (1000 + 10 * i, (i * 10 << 18) // 1000 & 0xFFFFFF, 1200, 1234)
+        assert estimator.add(*args) == real.add(*args)
+    assert estimator.built
