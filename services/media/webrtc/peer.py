@@ -80,6 +80,7 @@ StateCallback = Callable[[str], None]
 TrackRtpCallback = Callable[[str, str, bytes], None]
 
 _MARK = "_meshrtc_peer"
+_NOMINATION_MARK = "_meshrtc_nomination"
 
 
 class MediaPeerError(Exception):
@@ -762,11 +763,29 @@ class MediaPeer:
         for ice in getattr(self.pc, "_RTCPeerConnection__iceTransports", ()):
             objects += [ice, ice._connection]
             consent.install(ice._connection)
+            self._follow_nomination(ice._connection)
         known = {id(obj) for obj in self._owned}
         for obj in objects:
             if id(obj) not in known:
                 known.add(id(obj))
                 self._owned.append(obj)
+
+    def _follow_nomination(self, connection: Any) -> None:
+        """The fast path caches the nominated pair's socket and address; a controlling peer
+        (libwebrtc) may nominate another pair later, which aioice adopts in ``check_complete``:
+        re-resolve then, or media and RTCP keep going to an address the peer may have pruned."""
+        if getattr(connection, _NOMINATION_MARK, None) is self:
+            return
+        setattr(connection, _NOMINATION_MARK, self)
+        original = connection.check_complete
+        peer = self
+
+        def check_complete(pair: Any) -> None:
+            original(pair)
+            if peer._tx is not None and not peer._closed:
+                peer._activate_fast_path()
+
+        connection.check_complete = check_complete
 
     def _all_protocols(self) -> list[Any]:
         protocols: list[Any] = []
