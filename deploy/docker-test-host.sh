@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Prepare this host for tests/docker (run by .ci/run only when MESHRTC_DOCKER_TESTS=1):
+# Prepare this host for tests/docker (run by .ci/run unless MESHRTC_DOCKER_TESTS=0):
 #  * Debian packages: docker.io (engine), docker-compose, debootstrap, iptables;
 #  * a Docker engine, started in the background unless one already answers, whose networks
-#    come from 198.18.0.0/15 (benchmark range; never a private 10/8, 172.16/12, 192.168/16);
+#    come from 198.19.128.0/17 (benchmark range, clear of the failover lab's 198.18.x and low
+#    198.19.x slots; never a private 10/8, 172.16/12, 192.168/16);
 #  * the Docker SDK in the project venv (`meshrtc cluster`), i.e. `pip install '.[docker]'`.
 # Needs root. Leaves the engine running for later runs; its log is /var/log/meshrtc-dockerd.log.
 set -euo pipefail
@@ -19,7 +20,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 if ! docker info >/dev/null 2>&1; then
-  setsid nohup dockerd --default-address-pool base=198.18.0.0/15,size=24 --bip 198.19.255.1/24 \
+  setsid nohup dockerd --default-address-pool base=198.19.128.0/17,size=24 --bip 198.19.255.1/24 \
     >/var/log/meshrtc-dockerd.log 2>&1 </dev/null &
   for _ in $(seq 60); do
     docker info >/dev/null 2>&1 && break

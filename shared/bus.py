@@ -3,7 +3,8 @@
 * `Bus.connect()` retries with bounded exponential backoff, then keeps the connection alive with
   nats-py's own reconnect loop; services register `on_disconnect` / `on_reconnect` hooks.
 * `ensure_streams()` creates or updates the per-DC JetStream streams declared in `STREAMS`
-  (`EVENTS_<DC>` on `events.<dc>.>`, `USAGE_<DC>`, `BILLING_<DC>`, `TELEMETRY_<DC>`).
+  (`EVENTS_<DC>` on `events.<dc>.>`, `USAGE_<DC>`, `BILLING_<DC>`, `TELEMETRY_<DC>`) and, given
+  the mesh's DCs, `REPLICA_<DC>` sourcing all their events (`shared.replication`).
 * `publish_event()` publishes an `Envelope` to JetStream with `Nats-Msg-Id` = event id (the stream
   drops duplicates within its window) and retries transient failures; `publish_event_nowait()`
   queues it in a bounded, ordered outbox that is flushed in the background (and after a reconnect).
@@ -20,7 +21,7 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -43,6 +44,7 @@ from tenacity import (
 
 from shared.bus_consumer import Consumer, EventHandler, MsgMeta, RawHandler, event_handler_adapter
 from shared.events import Envelope
+from shared.replication import ensure_replica, replica_stream
 from shared.subjects import check_dc, event_subject, stream_name
 
 __all__ = [
@@ -82,6 +84,10 @@ class OutboxFull(BusUnavailable):
 
 class BusTimeout(TimeoutError):
     """No (acknowledged) answer in time: request without reply/responders, unacked publish."""
+
+
+class NoResponders(BusTimeout):
+    """Nobody subscribes to the subject: for a per-node subject, that node's bus connection is gone."""
 
 
 class RemoteError(RuntimeError):
@@ -450,13 +456,22 @@ class Bus:
 
     # -- streams -------------------------------------------------------------------------------
 
-    async def ensure_streams(self, specs: Iterable[StreamSpec] | None = None) -> dict[str, str]:
-        """Create or update this DC's streams; returns {stream name: created|updated|unchanged}."""
+    async def ensure_streams(
+        self, specs: Iterable[StreamSpec] | None = None, *, datacenters: Sequence[str] | None = None
+    ) -> dict[str, str]:
+        """Create or update this DC's streams; returns {stream name: created|updated|unchanged}.
+
+        With `datacenters` (the mesh, MESHRTC_DATACENTERS) also `REPLICA_<DC>`, which sources
+        the events of every one of them (`shared.replication`); `[own dc]` for a single DC.
+        """
         result: dict[str, str] = {}
         for spec in STREAMS if specs is None else specs:
             desired = spec.config(self.dc)
             assert desired.name is not None
             result[desired.name] = await self._retrying(lambda d=desired: self._ensure_stream(d))
+        if datacenters is not None:
+            result[replica_stream(self.dc)] = await self._retrying(
+                lambda: ensure_replica(self.js, self.dc, datacenters))
         return result
 
     async def _ensure_stream(self, desired: StreamConfig) -> str:
@@ -619,7 +634,7 @@ class Bus:
         try:
             msg = await self._nc.request(subject, data, timeout=timeout, headers=headers)
         except nats.errors.NoRespondersError:
-            raise BusTimeout(f"no responders on {subject}") from None
+            raise NoResponders(f"no responders on {subject}") from None
         except TimeoutError:  # nats.errors.TimeoutError is one too
             raise BusTimeout(f"no reply on {subject} within {timeout}s") from None
         if msg.headers and ERROR_HEADER in msg.headers:

@@ -79,6 +79,13 @@ def event_handler_adapter(handler: EventHandler) -> RawHandler:
     return handle
 
 
+async def unsubscribe_quietly(sub: JetStreamContext.PullSubscription | None) -> None:
+    """Drop a pull subscription; a connection that is already gone has dropped it anyway."""
+    if sub is not None:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
 _FETCH_IDLE = (nats.errors.TimeoutError, asyncio.TimeoutError)
 
 
@@ -176,9 +183,7 @@ class Consumer:
 
     async def _unbind(self) -> None:
         sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        await unsubscribe_quietly(sub)
 
     async def _run(self) -> None:
         backoff = 0.1

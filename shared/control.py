@@ -147,6 +147,7 @@ class NodeStats(ControlMessage):
     asyncio_tasks: int = 0
     open_peers: int = 0
     rss_bytes: int = 0
+    relay: dict[str, int] = {}  # the node's relay-wire counters (packets/bytes in and out, drops)
 
 
 class ApiCall(ControlMessage):

@@ -157,6 +157,20 @@ class LinkStatus(StrEnum):
     DOWN = "down"
 
 
+class TrackWire(BaseModel):
+    """How a published track's RTP looks as its publisher sends it: what a node needs to forward
+    that RTP when it arrives through the relay instead of from the publisher's PeerConnection."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    kind: str  # audio | video
+    mime_type: str
+    clock_rate: int
+    payload_types: list[int]
+    rtx_payload_types: list[int] = []
+    extensions: dict[str, int] = {}  # header extension URI -> id
+    rids: list[str] = []  # simulcast layers sent, empty when not simulcast
+
+
 class TrackPayload(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
     sid: str
@@ -170,6 +184,7 @@ class TrackPayload(BaseModel):
     simulcast: bool = False
     mime_type: str = ""
     info: str = ""  # base64 of the livekit TrackInfo protobuf, so nothing LiveKit-visible is lost
+    wire: TrackWire | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,6 +215,7 @@ class RoomFinished(EventPayload):
     TYPE: ClassVar[str] = "room.finished"
     sid: str
     reason: str = ""
+    merged_sids: list[str] = []  # concurrent creations (other DCs) folded into this room: they end too
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,6 +236,18 @@ class ParticipantJoined(EventPayload):
     signal_node: str = ""
     project: str = ""
     info: str = ""  # base64 ParticipantInfo
+
+
+@register
+class ParticipantEvictRequested(EventPayload):
+    """A DC admitted `identity` again while its old session `sid` lives in another DC: the DC
+    hosting `sid` closes it (duplicate identity), as it would for a local replacement."""
+
+    TYPE: ClassVar[str] = "participant.evict_requested"
+    sid: str
+    identity: str
+    dc: str  # the DC that hosts `sid` and acts on this
+    reason: str = "DUPLICATE_IDENTITY"  # livekit DisconnectReason name
 
 
 @register

@@ -64,7 +64,13 @@ class NatsServer:
         server_name: str | None = None,
         extra_config: str = "",
         log_file: str | None = None,
+        config_text: str | None = None,
     ) -> None:
+        """`config_text`: a complete config (e.g. `shared.natsconfig.dc_nats_config`) used as is.
+
+        It must listen on `host:port` (used for the readiness check and `url`); `extra_config`
+        and `server_name` are then ignored.
+        """
         self.host = host
         self.port = port or free_port(host)
         self._own_dir = store_dir is None
@@ -72,13 +78,16 @@ class NatsServer:
         self.server_name = server_name or f"meshrtc-{self.port}"
         self.extra_config = extra_config
         self.log_file = log_file
+        self._config_text = config_text
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    def config_text(self) -> str:
+    def render_config(self) -> str:
+        if self._config_text is not None:
+            return self._config_text
         store = Path(self.store_dir) / "jetstream"
         return (
             f'server_name: "{self.server_name}"\n'
@@ -90,7 +99,7 @@ class NatsServer:
 
     def start(self, timeout: float = 10.0) -> NatsServer:
         conf = Path(self.store_dir) / "nats.conf"
-        conf.write_text(self.config_text())
+        conf.write_text(self.render_config())
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(conf)],

@@ -64,7 +64,7 @@ class Service:
             self.settings.nats_url, name=f"{self.name}-{self.node_id}", dc=self.settings.dc, node=self.node_id,
             connect_timeout=self.settings.nats_connect_timeout,
         )
-        await self.bus.ensure_streams()
+        await self.bus.ensure_streams(datacenters=self.settings.mesh_dcs)
         await self.on_start()
         await self.bus.publish_event(self.envelope(
             NodeUp(node_id=self.node_id, service=self.name, dc=self.settings.dc, version=VERSION)))

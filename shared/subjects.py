@@ -88,5 +88,11 @@ def session_to_signal_subject(participant_sid: str) -> str:
     return f"sess.client.{participant_sid}.down"
 
 
+def room_data_subject(room: str) -> str:
+    """Data packets between the media nodes of one room (core NATS, not persisted; crosses DCs
+    over the leafnode links while they are up)."""
+    return f"data.{encode_token(room)}"
+
+
 def stream_name(kind: str, dc: str) -> str:
     return f"{kind.upper()}_{check_dc(dc).upper().replace('-', '_')}"

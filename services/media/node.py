@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import time
 
+from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
+from nats.aio.msg import Msg
 
 from shared.config import Settings
 from shared.control import (
@@ -23,6 +26,7 @@ from shared.control import (
     SessionOpened,
 )
 from shared.events import (
+    Envelope,
     NodeHeartbeat,
     ParticipantActive,
     ParticipantJoined,
@@ -35,11 +39,23 @@ from shared.events import (
     TrackUnpublished,
 )
 from shared.ids import new_track_sid
+from shared.relay_control import (
+    RelaySubscribe,
+    RelaySubscribed,
+    TrackExport,
+    TrackExported,
+    media_export_subject,
+    parse_hostport,
+    relay_subscribe_subject,
+)
+from shared.room_feed import RoomFeed
 from shared.service import Service
-from shared.subjects import media_node_subject, session_to_signal_subject, usage_subject
+from shared.subjects import media_node_subject, room_data_subject, session_to_signal_subject, usage_subject
 from shared.tasks import background
 
 from .commands import CommandError, apply_command
+from .relay_link import RelayLink
+from .remote import RemoteRoomSync, RemoteTrack
 from .room import NodeRoom
 from .session import Session
 from .track import PublishedTrack
@@ -49,8 +65,12 @@ from .webrtc.peer import MediaPeer
 log = logging.getLogger(__name__)
 
 CLOSE_HEADER = "Meshrtc-Close"
+ORIGIN_HEADER = "Meshrtc-Node"  # the node a room data packet comes from (it delivered it locally already)
+RELIABLE_HEADER = "Meshrtc-Reliable"
 USAGE_INTERVAL = 5.0  # seconds between usage samples
 DRAIN_PACE = 1.0  # seconds between two participants moved off a draining node
+RELAY_REFRESH = 1.0  # seconds between soft-state refreshes of relay subscriptions
+RELAY_TTL = 5.0  # a subscription the relay hears nothing of for this long lapses
 REASON_NAMES = {v: k for k, v in models.DisconnectReason.items()}
 
 
@@ -61,6 +81,10 @@ class MediaNode(Service):
         super().__init__(settings)
         self.rooms: dict[str, NodeRoom] = {}
         self.sessions: dict[str, Session] = {}
+        self.feeds: dict[str, RoomFeed] = {}
+        self.relay_link: RelayLink | None = None
+        self._relay_wake = asyncio.Event()
+        self._relay_subscribed: dict[str, RemoteTrack] = {}
 
     # ---- wiring ---------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -70,8 +94,13 @@ class MediaNode(Service):
         await self.bus.serve(media_node_subject(self.node_id, "open"), self._on_open)
         await self.bus.serve(media_node_subject(self.node_id, "close"), self._on_close)
         await self.bus.serve(media_node_subject(self.node_id, "stats"), self._on_stats)
+        await self.bus.serve(media_node_subject(self.node_id, "ping"), self._on_ping)
         await self.bus.serve(media_node_subject(self.node_id, "drain"), self._on_drain)
         await self.bus.serve(media_node_subject(self.node_id, "command"), self._on_command, concurrency=8)
+        self.relay_link = RelayLink(self.settings.bind_ip, self.settings.internal_ip)
+        self.relay_link.start()
+        await self.bus.serve(media_export_subject(self.node_id), self._on_export)
+        background(self._relay_loop(), "media-relay")
         await self.bus.subscribe(f"sess.{self.node_id}.*.up", self._on_up)
         background(self._debug_loop(), "media-debug")
         background(self._room_loop(), "media-room-loop")
@@ -97,8 +126,11 @@ class MediaNode(Service):
         while True:
             await asyncio.sleep(0.5)
             tick += 1
+            now = time.monotonic()
             for room in list(self.rooms.values()):
                 try:
+                    for track in room.remote.remote_tracks() if room.remote else ():
+                        track.tick(now)  # follows the layers that arrive; its RTCP has nowhere to go
                     room.update_speakers()
                     if tick % 4 == 0:
                         room.update_quality()
@@ -149,8 +181,13 @@ class MediaNode(Service):
         except ControlDecodeError as exc:
             return SessionOpened(ok=False, status=400, error=str(exc)).encode()
         room = self.rooms.get(spec.room.name)
-        if room is None or room.spec.sid != spec.room.sid:
+        if room is None:
             room = self.rooms[spec.room.name] = NodeRoom(spec.room)
+            self._attach_feed(room)
+        elif room.spec.sid != spec.room.sid:
+            # Two DCs created the room at once and the mesh settled on the other sid: same room,
+            # its sessions here stay in it.
+            room.spec = spec.room
         for old in [self.sessions.get(spec.replaced_sid), room.by_identity(spec.identity)]:
             if old is not None and not old.closed:
                 await old.close(models.DisconnectReason.DUPLICATE_IDENTITY)
@@ -201,6 +238,123 @@ class MediaNode(Service):
         log.info("drained: stopping")
         self.stopping.set()
 
+    # ---- the room beyond this node ---------------------------------------------------------
+    def _attach_feed(self, room: NodeRoom) -> None:
+        """Other nodes' participants of the room come from its events (all DCs', via the replica
+        stream): history first, then live."""
+        assert self.bus and self.relay_link
+        room.remote = RemoteRoomSync(room, self.node_id, self.relay_link, self._relay_wake.set)
+
+        async def on_event(env: Envelope) -> None:
+            if room.remote is not None:
+                room.remote.apply(env)
+
+        feed = self.feeds[room.name] = RoomFeed(self.bus, self.settings.dc, room.name, on_event)
+        background(feed.start(), f"room-feed-{room.name}")
+        background(self._subscribe_data(room), f"room-data-{room.name}")
+
+    async def _subscribe_data(self, room: NodeRoom) -> None:
+        assert self.bus
+
+        async def on_data(msg: Msg) -> None:
+            headers = msg.headers or {}
+            if headers.get(ORIGIN_HEADER) == self.node_id or self.rooms.get(room.name) is not room:
+                return
+            try:
+                packet = models.DataPacket.FromString(msg.data)
+            except DecodeError:
+                return
+            destinations = list(packet.destination_identities) + list(packet.user.destination_identities)
+            room.deliver_data(msg.data, headers.get(RELIABLE_HEADER) == "1", destinations,
+                              exclude=packet.participant_sid)
+
+        subscription = await self.bus.subscribe(room_data_subject(room.name), on_data)
+        if self.rooms.get(room.name) is not room:
+            await subscription.unsubscribe()
+        else:
+            room.data_subscription = subscription
+
+    def forward_data(self, room: NodeRoom, payload: bytes, reliable: bool) -> None:
+        """A data packet from a local sender, for the room's participants on other nodes."""
+        assert self.bus
+        headers = {ORIGIN_HEADER: self.node_id, RELIABLE_HEADER: "1" if reliable else "0"}
+        background(self.bus.publish(room_data_subject(room.name), payload, headers=headers), "room-data-out")
+
+    def _detach_feed(self, room: NodeRoom) -> None:
+        feed = self.feeds.pop(room.name, None)
+        if feed is not None:
+            background(feed.stop(), f"room-feed-stop-{room.name}")
+        if room.remote is not None:
+            room.remote.close()
+            room.remote = None
+        if room.data_subscription is not None:
+            background(room.data_subscription.unsubscribe(), f"room-data-stop-{room.name}")
+            room.data_subscription = None
+
+    async def _on_export(self, data: bytes) -> bytes:
+        assert self.relay_link
+        request = TrackExport.decode(data)  # a bad request is answered with the decode error
+        deliver_to = parse_hostport(request.deliver_to)
+        track = next((room.tracks[request.track_sid] for room in self.rooms.values()
+                      if request.track_sid in room.tracks), None)
+        if track is None or isinstance(track, RemoteTrack) or track.closed:
+            raise LookupError(f"track {request.track_sid} is not published on this node")
+        self.relay_link.export(track, deliver_to, request.ttl_s)
+        return TrackExported(source=self.relay_link.address_text).encode()
+
+    async def _relay_loop(self) -> None:
+        """Keeps the relay subscriptions of remote tracks alive while local sessions watch them
+        (soft state: refreshed every second, ended with ttl 0 when nobody watches)."""
+        assert self.relay_link
+        last_refresh = 0.0
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._relay_wake.wait(), RELAY_REFRESH)
+            self._relay_wake.clear()
+            now = time.monotonic()
+            due = now - last_refresh >= RELAY_REFRESH
+            if due:
+                last_refresh = now
+            try:
+                await self._refresh_relay(now, due)
+            except Exception:  # one bad round must not end the refreshes (subscriptions would lapse)
+                log.exception("relay subscription refresh failed")
+
+    async def _refresh_relay(self, now: float, due: bool) -> None:
+        assert self.relay_link
+        self.relay_link.sweep(now)
+        calls = []
+        for room in list(self.rooms.values()):
+            for track in room.remote.remote_tracks() if room.remote else ():
+                if track.wanted and (due or not track.relay_subscribed):
+                    self._relay_subscribed[track.sid] = track
+                    calls.append(self._relay_subscribe(track, RELAY_TTL))
+        for sid, track in list(self._relay_subscribed.items()):
+            if not track.wanted:
+                del self._relay_subscribed[sid]
+                calls.append(self._relay_subscribe(track, 0))
+        if calls:
+            await asyncio.gather(*calls)
+
+    async def _relay_subscribe(self, track: RemoteTrack, ttl_s: float) -> None:
+        assert self.bus and self.relay_link
+        request = RelaySubscribe(room=track.room_name, project=track.project, track_sid=track.sid,
+                                 origin_dc=track.origin_dc, origin_node=track.origin_node,
+                                 subscriber_node=self.node_id, deliver_to=self.relay_link.address_text, ttl_s=ttl_s)
+        try:
+            answer = RelaySubscribed.decode(await self.bus.request(relay_subscribe_subject(self.settings.dc),
+                                                                   request.encode(), timeout=RELAY_REFRESH))
+            relay = parse_hostport(answer.relay_local)
+        except Exception as exc:  # no relay answering is an outage to report, not a crash
+            log.warning("relay subscribe for track %s failed: %r", track.sid, exc)
+            track.relay_subscribed = False
+            return
+        track.relay_subscribed = ttl_s > 0
+        track.relay = relay
+
+    async def _on_ping(self, data: bytes) -> bytes:
+        return b"pong"
+
     async def _on_stats(self, data: bytes) -> bytes:
         return NodeStats(
             node_id=self.node_id,
@@ -208,6 +362,7 @@ class MediaNode(Service):
             subscriptions={sid: sorted(s.subscriptions) for sid, s in self.sessions.items()},
             sessions=len(self.sessions), tracks=sum(len(s.tracks) for s in self.sessions.values()),
             asyncio_tasks=len(asyncio.all_tasks()), open_peers=MediaPeer.open_count(), rss_bytes=_rss_bytes(),
+            relay=self.relay_link.counters() if self.relay_link else {},
         ).encode()
 
     async def _on_up(self, msg: object) -> None:
@@ -247,6 +402,7 @@ class MediaNode(Service):
         room = session.room
         if not room.sessions and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+            self._detach_feed(room)
         self._publish_soon(ParticipantLeft(sid=session.sid, identity=session.identity,
                                            reason=REASON_NAMES.get(reason, "UNKNOWN_REASON"),
                                            aborted=not session.active), room.name)
@@ -257,7 +413,7 @@ class MediaNode(Service):
             sid=track.sid, participant_sid=session.sid, name=info.name,
             kind=TrackKind.AUDIO if info.type == models.TrackType.AUDIO else TrackKind.VIDEO,
             source=info.source, muted=info.muted, width=info.width, height=info.height, simulcast=info.simulcast,
-            mime_type=info.mime_type, info=base64.b64encode(info.SerializeToString()).decode())
+            mime_type=info.mime_type, info=base64.b64encode(info.SerializeToString()).decode(), wire=track.wire)
 
     def track_published(self, session: Session, track: PublishedTrack) -> None:
         self._publish_soon(TrackPublished(track=self._track_payload(session, track), node=self.node_id),

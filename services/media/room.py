@@ -13,6 +13,9 @@ from .quality import quality_from_loss
 from .speakers import SpeakerDetector
 
 if TYPE_CHECKING:
+    from nats.aio.subscription import Subscription
+
+    from .remote import RemoteRoomSync
     from .session import Session
     from .track import PublishedTrack
 
@@ -23,6 +26,8 @@ class NodeRoom:
         self.sessions: dict[str, Session] = {}
         self.tracks: dict[str, PublishedTrack] = {}
         self.speakers = SpeakerDetector()
+        self.remote: RemoteRoomSync | None = None  # participants on other nodes, once the room feed runs
+        self.data_subscription: Subscription | None = None  # data packets from the room's other nodes
 
     @property
     def name(self) -> str:
@@ -37,9 +42,22 @@ class NodeRoom:
                 return session
         return None
 
+    def remote_infos(self) -> list[models.ParticipantInfo]:
+        return self.remote.infos() if self.remote is not None else []
+
     def proto(self) -> models.Room:
-        publishers = sum(1 for s in self.sessions.values() if s.published)
-        return room_proto(self.spec, len(self.visible_sessions()), publishers)
+        remote = self.remote_infos()
+        publishers = sum(1 for s in self.sessions.values() if s.published) + sum(1 for p in remote if p.is_publisher)
+        return room_proto(self.spec, len(self.visible_sessions()) + len(remote), publishers)
+
+    def deliver_data(self, payload: bytes, reliable: bool, destinations: tuple[str, ...] | list[str],
+                     exclude: str = "") -> None:
+        """A data packet to the local sessions it is for (its destinations, or everyone)."""
+        wanted = set(destinations)
+        for session in list(self.sessions.values()):
+            if session.sid == exclude or (wanted and session.identity not in wanted):
+                continue
+            session.deliver_data(payload, reliable)
 
     def broadcast(self, response: rtc.SignalResponse, exclude: str = "") -> None:
         frame = response.SerializeToString()  # once for the room, not once per participant

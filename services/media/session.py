@@ -28,7 +28,7 @@ from . import protocol
 from .data import DataSenderState, route_data
 from .room import NodeRoom
 from .rtp import rtcp
-from .track import PublishedTrack
+from .track import PublishedTrack, wire_from_media
 from .usage import Counters, UsageMeter
 from .webrtc.peer import MediaPeer
 
@@ -165,7 +165,7 @@ class Session:
         self.subscriber.on_state = lambda state: self._on_transport_state("subscriber", state)
         self.publisher.on_rtp_track = self.route_rtp
         self.publisher.on_rtcp = self._on_publisher_rtcp
-        others = [s.bump() for s in self.room.visible_sessions(exclude=self.sid)]
+        others = [s.bump() for s in self.room.visible_sessions(exclude=self.sid)] + self.room.remote_infos()
         self.info.state = models.ParticipantInfo.State.JOINED
         self.send(protocol.join_response(self.room.proto(), self.bump(), others, self.node.node_id,
                                          self.node.settings.region or self.node.settings.dc))
@@ -487,7 +487,7 @@ class Session:
             info = protocol.track_info_from_request(sid, request)
             info.mid = media.mid
             info.mime_type = media.mime_type
-            track = PublishedTrack(self, info, request.cid, media)
+            track = PublishedTrack(self, info, request.cid, wire_from_media(media))
             self.tracks[sid] = track
             self._tracks_by_mid[track.mid] = track
             self.room.tracks[sid] = track
@@ -582,11 +582,9 @@ class Session:
         routed = route_data(self.data_state, self.permission.can_publish_data, data, label == "_reliable")
         if routed is None:
             return
-        wanted = set(routed.destinations)
-        for session in list(self.room.sessions.values()):
-            if session is self or (wanted and session.identity not in wanted):
-                continue
-            session.deliver_data(routed.payload, routed.reliable)
+        self.room.deliver_data(routed.payload, routed.reliable, routed.destinations, exclude=self.sid)
+        if self.room.remote is not None and self.room.remote.participants:
+            self.node.forward_data(self.room, routed.payload, routed.reliable)
 
     def deliver_data(self, payload: bytes, reliable: bool) -> None:
         if not self.closed:

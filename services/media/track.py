@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from livekit.protocol import models
+
+from shared.events import TrackWire
 
 from .receive_stats import ReceiveStats
 from .rtp import rtcp
@@ -26,6 +28,7 @@ from .webrtc.sdp import MediaSection
 from .webrtc.srtp import SCRATCH
 
 if TYPE_CHECKING:
+    from .relay_link import TrackExports
     from .session import Session
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,26 @@ LAYER_IDLE = 1.0  # a simulcast layer with no packet for this long counts as sto
 # its first seconds, which is what lets a camera reach its top simulcast layer without TWCC.
 MAX_VIDEO_BITRATE = 3_000_000
 SERVER_SSRC = 1  # sender SSRC we put in RTCP feedback towards publishers
+
+
+class Publisher(Protocol):
+    """Who publishes a track: a local session or a participant on another node."""
+
+    sid: str
+    identity: str
+
+    def allows(self, subscriber: Session, track_sid: str) -> bool: ...
+
+
+def wire_from_media(media: MediaSection) -> TrackWire:
+    primary = media.media_codecs[0] if media.media_codecs else None
+    return TrackWire(
+        kind=media.kind, mime_type=media.mime_type,
+        clock_rate=primary.clock_rate if primary else (48000 if media.kind == "audio" else 90000),
+        payload_types=sorted(c.payload_type for c in media.media_codecs),
+        rtx_payload_types=sorted(set(media.rtx_payload_types.values())),
+        extensions={uri: ext_id for ext_id, uri in media.extmaps.items()},
+        rids=media.send_rids if media.is_simulcast_send else [])
 
 
 class Subscription:
@@ -52,20 +75,20 @@ class Subscription:
 
 
 class PublishedTrack:
-    def __init__(self, publisher: Session, info: models.TrackInfo, cid: str, media: MediaSection) -> None:
+    def __init__(self, publisher: Publisher, info: models.TrackInfo, cid: str, wire: TrackWire) -> None:
         self.publisher = publisher
         self.info = info
         self.sid = info.sid
         self.cid = cid
-        self.mid = media.mid or ""
-        self.kind = media.kind
-        self.codec = codec_from_mime(media.mime_type) if media.mime_type else Codec.OPUS
-        primary = media.media_codecs[0] if media.media_codecs else None
-        self.clock_rate = primary.clock_rate if primary else (48000 if self.kind == "audio" else 90000)
-        self.payload_types = {c.payload_type for c in media.media_codecs}
-        self.rtx_payload_types = set(media.rtx_payload_types.values())
-        self.extension_ids = {uri: ext_id for ext_id, uri in media.extmaps.items()}
-        self.rids = media.send_rids if media.is_simulcast_send else []
+        self.mid = info.mid
+        self.wire = wire
+        self.kind = wire.kind
+        self.codec = codec_from_mime(wire.mime_type) if wire.mime_type else Codec.OPUS
+        self.clock_rate = wire.clock_rate
+        self.payload_types = set(wire.payload_types)
+        self.rtx_payload_types = set(wire.rtx_payload_types)
+        self.extension_ids = dict(wire.extensions)
+        self.rids = list(wire.rids)
         self.layers = sorted({RID_TO_LAYER.get(rid, 2) for rid in self.rids}) or [0]
         self.top_layer = self.layers[-1]
         self._layer_info = [LayerInfo(RID_TO_LAYER.get(layer.rid, layer.quality), layer.width, layer.height)
@@ -84,6 +107,7 @@ class PublishedTrack:
         self.packets_in = 0
         self.bytes_in = 0
         self.dropped_in = 0
+        self.exports: TrackExports | None = None  # relay destinations, set while other nodes subscribe
         self.closed = False
 
     # ---- receive hot path -----------------------------------------------------------------
@@ -110,6 +134,8 @@ class PublishedTrack:
         cache.put(source.sequence, packet)
         self._stats[ssrc].update(source.sequence, source.timestamp, source.arrival)
         self._layer_seen[layer] = source.arrival
+        if self.exports is not None and self.exports.targets:
+            self.exports.send_rtp(rid, packet)
         if self._audio_level_id:
             raw = read_audio_level(packet, source, self._audio_level_id)
             if raw >= 0:
@@ -135,7 +161,10 @@ class PublishedTrack:
         if ssrc is None:
             return
         self._last_pli[layer] = now
-        self.publisher.publisher.send_rtcp(rtcp.build_pli(SERVER_SSRC, ssrc))
+        self.send_keyframe_request(layer, ssrc)
+
+    def send_keyframe_request(self, layer: int, ssrc: int) -> None:
+        self.publisher.publisher.send_rtcp(rtcp.build_pli(SERVER_SSRC, ssrc))  # type: ignore[attr-defined]
 
     def tick(self, now: float) -> list[bytes]:
         """Periodic (not per packet): follow the layers the publisher really sends, and build the
@@ -155,6 +184,8 @@ class PublishedTrack:
 
     def on_publisher_rtcp(self, packet: rtcp.RtcpPacket) -> None:
         if isinstance(packet, rtcp.SenderReport):
+            if self.exports is not None and self.exports.targets:
+                self.exports.send_sender_report(packet)
             stats = self._stats.get(packet.ssrc)
             if stats is not None:
                 stats.sender_report(packet.ntp)

@@ -1,5 +1,9 @@
 """Admission of a join: room auto-creation, max participants, duplicate identity, placement.
-Pure decisions; the caller publishes the events it returns."""
+Pure decisions; the caller publishes the events it returns.
+
+Across DCs: the room state holds every DC's participants, so max_participants counts them all
+(pending joins only of this DC); a duplicate identity hosted by another DC is evicted by that DC,
+asked with a `participant.evict_requested` event; placement only picks this DC's nodes."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from shared.control import JoinAdmission, JoinRequest, RoomSpec
-from shared.events import EventPayload, RoomCreated
+from shared.events import EventPayload, ParticipantEvictRequested, RoomCreated
 from shared.ids import new_participant_sid, new_room_sid
 
 from .placement import NodePlacement
@@ -102,6 +106,8 @@ class Admissions:
             return AdmissionDecision(JoinAdmission(ok=False, status=503, error="no media node available"))
         for sid in pending_same:
             self.pending.pop(sid, None)
+        if existing is not None and existing.dc and existing.dc != self.dc:
+            events.append(ParticipantEvictRequested(sid=existing.sid, identity=existing.identity, dc=existing.dc))
         participant_sid = new_participant_sid()
         self.pending[participant_sid] = PendingJoin(request.room, request.identity, now + PENDING_TTL)
         return AdmissionDecision(

@@ -153,7 +153,7 @@ class RoomApi:
         for node in room.nodes():
             await self._command(node, MediaCommand(op="close_room", room=room.name,
                                                    reason=models.DisconnectReason.ROOM_DELETED))
-        await self.emit(RoomFinished(sid=room.sid, reason="deleted"), room.name)
+        await self.emit(RoomFinished(sid=room.sid, reason="deleted", merged_sids=room.merged_sids), room.name)
         return room_pb.DeleteRoomResponse()
 
     async def _ListParticipants(self, request: room_pb.ListParticipantsRequest,

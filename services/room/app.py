@@ -1,15 +1,23 @@
 """Room service wiring: admissions over the bus, node heartbeats, and the room state folded
-from the DC's event stream and persisted in the SQL event store."""
+from every DC's events (REPLICA_<DC>) and persisted in the SQL event store.
+
+Across DCs (docs/multi-dc.md): this DC places joins on its own media nodes and declares only its
+own nodes down; it closes idle rooms only when it is the room's owner DC (the DC of the winning
+creation), so a room with participants elsewhere is judged on all of them; it evicts its own
+participants that another DC asked to evict (duplicate identity); its webhook workers send the
+webhooks of events that originated here. It runs the replication kicker for its replica.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import time
 
-from shared.bus import BusTimeout, MsgMeta, RemoteError
+from livekit.protocol import models
+
+from shared.bus import BusTimeout, MsgMeta, NoResponders, RemoteError
 from shared.config import Settings
 from shared.control import ApiCall, ApiResult, CommandResult, JoinRequest, MediaCommand
 from shared.db import check_database, make_engine
@@ -18,14 +26,17 @@ from shared.events import (
     EventPayload,
     NodeDown,
     NodeHeartbeat,
+    ParticipantEvictRequested,
     ParticipantJoined,
     ParticipantLeft,
     RoomFinished,
 )
 from shared.eventstore import EventStore
 from shared.ids import derived_event_id
+from shared.replication import SourceKicker, replica_stream
 from shared.service import Service, heartbeat_subject
-from shared.subjects import media_node_subject, room_request_subject, stream_name
+from shared.subjects import media_node_subject, room_request_subject
+from shared.tasks import cancel_and_wait
 
 from .admission import Admissions
 from .api import ApiError, RoomApi, b64
@@ -34,6 +45,8 @@ from .state import RoomRegistry
 from .webhooks import WebhookWorker
 
 log = logging.getLogger(__name__)
+
+NODE_WATCH_INTERVAL = 0.25  # seconds between two looks at the media nodes (pings and heartbeats)
 
 
 class RoomService(Service):
@@ -47,7 +60,11 @@ class RoomService(Service):
         self.store: EventStore | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer = None
+        self.kicker: SourceKicker | None = None
         self._down_reported: set[str] = set()
+        # Nodes that answered a ping since our bus connection last came up: only these can be
+        # found "gone" (after a NATS restart a node may resubscribe later than we do).
+        self._answering: set[str] = set()
         self.webhooks: list[WebhookWorker] = []
         self.api = RoomApi(self.registry, self._send_command, self._emit)
 
@@ -61,11 +78,13 @@ class RoomService(Service):
             replayed += 1
         log.info("room state rebuilt from %d stored events (%d rooms)", replayed, len(self.registry.rooms))
         await self.bus.subscribe(heartbeat_subject(self.settings.dc, "media"), self._on_heartbeat)
-        self.bus.on_reconnect(lambda: self.placement.grace(time.time()))
+        self.bus.on_reconnect(self._after_reconnect)
         await self.bus.serve(room_request_subject(self.settings.dc, "join"), self._on_join)
         await self.bus.serve(room_request_subject(self.settings.dc, "api"), self._on_api, concurrency=8)
         self._consumer = await self.bus.consume(
-            stream_name("events", self.settings.dc), f"room-{self.settings.dc}", self._on_event)
+            replica_stream(self.settings.dc), f"room-{self.settings.dc}", self._on_event)
+        if len(self.settings.mesh_dcs) > 1:
+            self.kicker = SourceKicker(self.bus.nc, self.bus.js, self.settings.dc, self.settings.mesh_dcs).start()
         self._tasks.append(asyncio.create_task(self._watch_nodes(), name="room-node-watch"))
         self._tasks.append(asyncio.create_task(self._close_idle_rooms(), name="room-lifecycle"))
         await self._start_webhooks()
@@ -85,12 +104,12 @@ class RoomService(Service):
             self.webhooks.append(worker)
 
     async def on_stop(self) -> None:
+        if self.kicker is not None:
+            await self.kicker.stop()
         for worker in self.webhooks:
             await worker.stop()
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._consumer is not None:
             await self._consumer.stop()
 
@@ -140,6 +159,8 @@ class RoomService(Service):
             await asyncio.sleep(1.0)
             now = int(time.time() * 1000)
             for room in list(self.registry.rooms.values()):
+                if room.origin_dc and room.origin_dc != self.settings.dc:
+                    continue  # the owner DC decides, on the participants of every DC
                 if room.participants or self.admissions.has_pending(room.name):
                     continue
                 if room.last_departure_ms:
@@ -147,16 +168,36 @@ class RoomService(Service):
                 else:
                     idle_since, limit = room.created_at_ms, room.empty_timeout
                 if limit and now - idle_since >= limit * 1000:
-                    await self._emit(RoomFinished(sid=room.sid, reason="idle"), room.name)
+                    await self._emit(RoomFinished(sid=room.sid, reason="idle", merged_sids=room.merged_sids),
+                                     room.name)
 
     async def _on_event(self, env: Envelope, meta: MsgMeta) -> None:
         self.registry.apply(env)
+        if isinstance(env.payload, ParticipantJoined):
+            self.admissions.joined(env.payload.sid)  # now a participant: no longer counted as pending too
         assert self.store
         await asyncio.to_thread(self.store.append, env)
-        if isinstance(env.payload, ParticipantJoined):
-            self.admissions.joined(env.payload.sid)
-        elif isinstance(env.payload, NodeDown) and env.payload.service == "media":
-            await self._node_lost(env)
+        if isinstance(env.payload, NodeDown) and env.payload.service == "media":
+            if env.payload.dc == self.settings.dc:  # each DC migrates the participants of its own nodes
+                await self._node_lost(env)
+        elif isinstance(env.payload, ParticipantEvictRequested) and env.payload.dc == self.settings.dc:
+            await self._evict(env)
+
+    async def _evict(self, env: Envelope) -> None:
+        """Another DC admitted this identity again: close our old session (idempotent: a session
+        already gone is no longer in the room state, and removing it twice does nothing)."""
+        assert isinstance(env.payload, ParticipantEvictRequested)
+        room = self.registry.rooms.get(env.room or "")
+        participant = room.participants.get(env.payload.sid) if room is not None else None
+        if room is None or participant is None or participant.dc != self.settings.dc:
+            return
+        reason = models.DisconnectReason.Value(env.payload.reason) if env.payload.reason in \
+            models.DisconnectReason.keys() else models.DisconnectReason.DUPLICATE_IDENTITY
+        result = await self._send_command(participant.node, MediaCommand(
+            op="remove", room=room.name, participant_sid=participant.sid, reason=reason))
+        if not result.ok:
+            log.warning("could not evict %s (%s) from %s: %s", participant.identity, participant.sid,
+                        participant.node, result.error)
 
     async def _node_lost(self, env: Envelope) -> None:
         """The participants of a dead media node have left it: signal tells their clients to
@@ -176,25 +217,49 @@ class RoomService(Service):
                 await self.bus.publish_event(left)  # type: ignore[union-attr]
 
     async def _watch_nodes(self) -> None:
-        """A media node that stops beating is declared down (once) so migration can start."""
+        """A media node is declared down (once) so migration can start, when its bus connection is
+        gone (a ping finds no responder: at once) or when it stops beating (a few beats later)."""
         last = time.monotonic()
         while True:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(NODE_WATCH_INTERVAL)
             now = time.monotonic()
-            late, last = now - last > 0.75, now
+            late, last = now - last > 3 * NODE_WATCH_INTERVAL, now
             if not self.bus.is_connected:  # type: ignore[union-attr]
                 self.placement.grace(time.time())  # beats we cannot hear prove nothing
                 continue
             if late:
                 continue  # this loop stalled: beats may be queued unread, so judge nobody yet
+            alive = [n for n in self.placement.nodes if n not in self._down_reported]
+            gone = await asyncio.gather(*(self._connection_gone(n) for n in alive))
+            for node_id in [n for n, dead in zip(alive, gone, strict=True) if dead]:
+                await self._declare_down(node_id, "bus_connection_closed")
             for node_id in self.placement.dead_nodes(time.time()):
-                if node_id in self._down_reported:
-                    continue
-                self._down_reported.add(node_id)
-                self.placement.forget(node_id)
-                log.warning("media node %s missed its heartbeats: declaring it down", node_id)
-                await self.bus.publish_event(self.envelope(  # type: ignore[union-attr]
-                    NodeDown(node_id=node_id, service="media", dc=self.settings.dc, reason="missed_heartbeats")))
+                await self._declare_down(node_id, "missed_heartbeats")
+
+    def _after_reconnect(self) -> None:
+        self.placement.grace(time.time())
+        self._answering.clear()
+
+    async def _connection_gone(self, node_id: str) -> bool:
+        try:
+            await self.bus.request(media_node_subject(node_id, "ping"), b"",  # type: ignore[union-attr]
+                                   timeout=2 * NODE_WATCH_INTERVAL)
+        except NoResponders:
+            return node_id in self._answering and node_id in self.placement.nodes
+        except (BusTimeout, RemoteError):
+            return False  # slow is not gone: the heartbeats judge that
+        self._answering.add(node_id)
+        return False
+
+    async def _declare_down(self, node_id: str, reason: str) -> None:
+        if node_id in self._down_reported:
+            return
+        self._down_reported.add(node_id)
+        self._answering.discard(node_id)
+        self.placement.forget(node_id)
+        log.warning("media node %s is down (%s)", node_id, reason.replace("_", " "))
+        await self.bus.publish_event(self.envelope(  # type: ignore[union-attr]
+            NodeDown(node_id=node_id, service="media", dc=self.settings.dc, reason=reason)))
 
 
 async def main(settings: Settings) -> None:

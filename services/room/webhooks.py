@@ -1,8 +1,8 @@
 """Durable webhooks: LiveKit's `WebhookEvent`s, derived from our events, POSTed in order, never dropped.
 
-Mapping (`to_webhook`, pure): each webhook comes from one event of the DC's EVENTS stream, read
-against the room state *before* that event (`services.room.state.RoomRegistry`, the same fold the
-room service keeps):
+Mapping (`to_webhook`, pure): each webhook comes from one event of the DC's REPLICA stream (every
+DC's events, `shared.replication`), read against the room state *before* that event
+(`services.room.state.RoomRegistry`, the same fold the room service keeps):
 
     room.created        -> room_started
     room.finished       -> room_finished
@@ -17,7 +17,11 @@ lowerCamelCase names (`google.protobuf.json_format`, int64 as strings), sent wit
 application/webhook+json` and `Authorization: <bare JWT>` signed with the first API key (claim
 `sha256` = base64 SHA-256 of the body), which `livekit.api.WebhookReceiver` verifies.
 
-Delivery (`WebhookWorker`, one per configured URL): a durable pull consumer on the EVENTS stream
+Across DCs each webhook is sent once, by the DC where its event originated (`env.dc`); the other
+DCs' events only feed the room state. A room created concurrently in two DCs therefore sends two
+room_started (one per creation, with different sids) and one room_finished (docs/multi-dc.md).
+
+Delivery (`WebhookWorker`, one per configured URL): a durable pull consumer on the REPLICA stream
 (durable `webhook-<hash of the URL>`, one message in flight, kept from redelivery while it is
 handled; after a crash it is redelivered once its `ack_wait`, 15 s, has run out) folds
 every event into its own room state and POSTs each webhook in stream order. A receiver that is down
@@ -84,7 +88,7 @@ from shared.events import (
     TrackUnpublished,
 )
 from shared.eventstore import EventStore
-from shared.subjects import stream_name
+from shared.replication import replica_stream
 
 from .api import participant_proto, room_proto
 from .state import RoomRegistry, RoomState
@@ -332,7 +336,7 @@ class WebhookWorker:
         self.url = url.strip()
         self.url_hash = url_hash(self.url)
         self.durable = durable_name(self.url)
-        self.stream = stream_name("events", bus.dc)
+        self.stream = replica_stream(bus.dc)
         self.api_key = api_key
         self.api_secret = api_secret
         self.max_backoff = max_backoff
@@ -386,6 +390,9 @@ class WebhookWorker:
     async def _handle(self, env: Envelope, meta: MsgMeta) -> None:
         if not self._seeded:
             await self._seed(env)
+        if env.dc != self.bus.dc:
+            self.mapper.apply(env)  # context only: the DC where the event originated sends its webhook
+            return
         event = self.mapper.feed(env)
         if event is None:
             return

@@ -228,7 +228,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Secrets:
     db_password, leaf_password = secrets.token_hex(16), secrets.token_hex(16)
     (tmp / "meshrtc.env").write_text(
         f"MESHRTC_API_KEYS={api_key}:{api_secret}\n"
-        f"MESHRTC_RELAY_KEYS=relay1:{secrets.token_urlsafe(32)}\n"
+        f"MESHRTC_RELAY_KEYS=dc1-dc2:{secrets.token_hex(32)}\n"
         f"MESHRTC_DATABASE_URL=postgresql://meshrtc:{db_password}@postgres:5432/meshrtc\n")
     (tmp / "postgres.env").write_text(f"POSTGRES_USER=meshrtc\nPOSTGRES_PASSWORD={db_password}\nPOSTGRES_DB=meshrtc\n")
     (tmp / "nats.env").write_text(f"NATS_LEAF_PASSWORD={leaf_password}\n"

@@ -55,13 +55,13 @@ class DevServer:
             await nc.close()
 
 
-def start_dev_server(tmp: Path, *extra: str) -> DevServer:
+def start_dev_server(tmp: Path, *extra: str, env: dict[str, str] | None = None) -> DevServer:
     port = free_port()
     log_path = tmp / "dev.log"
     log_file = open(log_path, "wb")
     process = subprocess.Popen([sys.executable, "-m", "meshrtc", "dev", "--port", str(port), *extra],
                                stdout=log_file, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=tmp,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, cwd=tmp,
                                preexec_fn=_set_parent_death_signal)  # an aborted run leaves no server
     server = DevServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + 90  # generous: CI machines are small and busy

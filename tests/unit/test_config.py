@@ -21,6 +21,9 @@ def test_defaults_and_round_trip_through_env() -> None:
     ({"MESHRTC_RTC_PORT_RANGE": "9-1"}, "MESHRTC_RTC_PORT_RANGE"),
     ({"MESHRTC_DC": "DC ONE"}, "MESHRTC_DC"),
     ({"MESHRTC_NATS_URL": "localhost:4222"}, "MESHRTC_NATS_URL"),
+    ({"MESHRTC_DC": "dc1", "MESHRTC_DATACENTERS": "dc2,dc3"}, "MESHRTC_DATACENTERS"),
+    ({"MESHRTC_DATACENTERS": "dc1,DC 2"}, "MESHRTC_DATACENTERS"),
+    ({"MESHRTC_DATACENTERS": "dc1,dc1"}, "MESHRTC_DATACENTERS"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -36,3 +39,10 @@ def test_keys_file_style() -> None:
 def test_missing_api_keys_is_reported() -> None:
     with pytest.raises(ConfigError, match="MESHRTC_API_KEYS"):
         load_settings({}).require_api_keys()
+
+
+def test_datacenters_default_to_the_own_dc_and_round_trip() -> None:
+    assert load_settings({"MESHRTC_DC": "eu"}).datacenters == ["eu"]
+    settings = load_settings({"MESHRTC_DC": "dc2", "MESHRTC_DATACENTERS": "dc1, dc2,dc3"})
+    assert settings.datacenters == ["dc1", "dc2", "dc3"]
+    assert load_settings(settings_to_env(settings)).datacenters == ["dc1", "dc2", "dc3"]

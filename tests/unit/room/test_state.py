@@ -86,12 +86,15 @@ def test_recreate_with_same_sid_keeps_state(reg: RoomRegistry) -> None:
     assert set(room.participants) == {"PA_a"}
 
 
-def test_recreate_with_new_sid_replaces_room(reg: RoomRegistry) -> None:
+def test_creation_with_a_later_id_and_new_sid_is_folded_into_the_room(reg: RoomRegistry) -> None:
+    """A second RoomCreated with another sid is a concurrent creation (another DC): the earlier
+    creation keeps the room, its participants stay (docs/multi-dc.md)."""
     reg.apply(env(joined()))
     reg.apply(env(created(sid="RM_two", max_participants=9), ts=7_000))
     room = reg.rooms[ROOM]
-    assert (room.sid, room.max_participants, room.created_at_ms) == ("RM_two", 9, 7_000)
-    assert room.participants == {}
+    assert (room.sid, room.max_participants, room.created_at_ms) == (ROOM_SID, 3, 500)
+    assert room.merged_sids == ["RM_two"]
+    assert set(room.participants) == {"PA_a"}
 
 
 def test_room_finished_removes_room(reg: RoomRegistry) -> None:

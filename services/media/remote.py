@@ -1,0 +1,182 @@
+"""Participants and tracks of this room hosted by other media nodes (this DC's or another's).
+
+A `RemoteTrack` is a `PublishedTrack` whose RTP arrives from the relay instead of a publisher
+PeerConnection: local subscribers attach to it exactly as to a local track, and its keyframe
+requests travel back through the relay. `RemoteRoomSync` applies the roster's changes to the
+node's part of the room: ParticipantUpdates to local clients, tracks created and subscribed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from livekit.protocol import models
+
+from shared.events import Envelope
+from shared.relay_wire import stream_id
+
+from .roster import ChangeKind, RemoteParticipantState, RemoteRoster, RemoteTrackState
+from .rtp.selector import RID_TO_LAYER
+from .track import PublishedTrack
+
+if TYPE_CHECKING:
+    from .relay_link import RelayLink
+    from .room import NodeRoom
+    from .session import Session
+
+log = logging.getLogger(__name__)
+
+# Packets lost between DCs (a link dying before the relays reroute) are not in any cache a
+# subscriber's NACK could reach, and libwebrtc retries NACKs for seconds before it asks for a
+# keyframe itself. A video sequence jump this large asks the publisher for one at once.
+LOSS_KEYFRAME_PACKETS = 5
+
+
+class RemoteParticipant:
+    """Stands in for the publishing session of a remote track."""
+
+    def __init__(self, state: RemoteParticipantState) -> None:
+        self.state = state
+        self.sid = state.sid
+        self.identity = state.info.identity
+        self.closed = False
+
+    @property
+    def hidden(self) -> bool:
+        return self.state.info.permission.hidden
+
+    def allows(self, subscriber: Session, track_sid: str) -> bool:
+        # Subscription permissions are enforced by the publisher's own node for its local
+        # subscribers; rules set on another node are not replicated yet.
+        return True
+
+
+class RemoteTrack(PublishedTrack):
+    def __init__(self, publisher: RemoteParticipant, state: RemoteTrackState, link: RelayLink, room: str,
+                 project: str) -> None:
+        super().__init__(publisher, state.info, "", state.wire)
+        self.stream = stream_id(self.sid)
+        self.link = link
+        self.room_name = room
+        self.project = project
+        self.origin_dc = publisher.state.dc
+        self.origin_node = publisher.state.node
+        self.relay: tuple[str, int] | None = None  # our relay's socket, from its last subscribe answer
+        self.relay_subscribed = False
+        self.on_wanted: Callable[[], None] | None = None
+        self._next_seq: dict[str, int] = {}  # per rid: the sequence number expected next (video)
+        self._recovering: set[int] = set()  # layers that lost packets and wait for a keyframe
+        self.loss_keyframes = 0
+
+    def on_rtp(self, rid: str, packet: bytes) -> None:
+        if self.kind == "video" and len(packet) > 4:
+            seq = (packet[2] << 8) | packet[3]
+            expected = self._next_seq.get(rid)
+            if expected is not None and LOSS_KEYFRAME_PACKETS <= (seq - expected) & 0xFFFF < 0x8000:
+                self.loss_keyframes += 1
+                self._recovering.add(RID_TO_LAYER.get(rid, 2) if rid else self.top_layer)
+            if expected is None or (seq - expected) & 0xFFFF < 0x8000:  # reordered packets do not rewind
+                self._next_seq[rid] = (seq + 1) & 0xFFFF
+        super().on_rtp(rid, packet)
+        if self._recovering:
+            source = self._source
+            if source.layer in self._recovering:
+                if source.keyframe:
+                    self._recovering.discard(source.layer)
+                else:
+                    # Repeated (PLI_INTERVAL throttles it) until the keyframe comes: the first
+                    # request may have gone out on the path that just died.
+                    self.request_keyframe(source.layer)
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self._subs) and not self.closed
+
+    def add_subscriber(self, session: Session) -> None:
+        first = not self._subs
+        super().add_subscriber(session)
+        if first and self.on_wanted is not None:
+            self.on_wanted()
+
+    def send_keyframe_request(self, layer: int, ssrc: int) -> None:
+        if self.relay is not None:
+            self.link.request_keyframe(self, layer, self.relay)
+
+
+class RemoteRoomSync:
+    def __init__(self, room: NodeRoom, node_id: str, link: RelayLink, on_wanted: Callable[[], None]) -> None:
+        self.room = room
+        self.roster = RemoteRoster(node_id)
+        self.link = link
+        self.on_wanted = on_wanted
+        self.participants: dict[str, RemoteParticipant] = {}
+
+    def infos(self) -> list[models.ParticipantInfo]:
+        return [p.state.info for p in self.participants.values() if not p.hidden]
+
+    def apply(self, env: Envelope) -> None:
+        if env.room != self.room.name:
+            return
+        changes = self.roster.apply(env)
+        to_subscribe: list[RemoteTrack] = []
+        updated: list[str] = []
+        for change in changes:
+            if change.kind is ChangeKind.JOINED:
+                self.participants[change.participant_sid] = RemoteParticipant(
+                    self.roster.participants[change.participant_sid])
+                updated.append(change.participant_sid)
+            elif change.kind is ChangeKind.UPDATED:
+                updated.append(change.participant_sid)
+            elif change.kind is ChangeKind.LEFT:
+                if (gone := self.participants.pop(change.participant_sid, None)) is not None:
+                    gone.closed = True
+                    if not gone.hidden:
+                        self.room.broadcast_participant(gone.state.info)
+            elif change.kind is ChangeKind.TRACK_ADDED:
+                track = self._add_track(change.participant_sid, change.track_sid)
+                if track is not None:
+                    to_subscribe.append(track)
+            elif change.kind is ChangeKind.TRACK_REMOVED:
+                self._remove_track(change.track_sid)
+        for sid in dict.fromkeys(updated):
+            participant = self.participants.get(sid)
+            if participant is not None and not participant.hidden:
+                self.room.broadcast_participant(participant.state.info)
+        for track in to_subscribe:
+            for session in self.room.visible_sessions():
+                if session.spec.auto_subscribe and session.permission.can_subscribe:
+                    session.subscribe(track)
+
+    def _add_track(self, participant_sid: str, track_sid: str) -> RemoteTrack | None:
+        participant = self.participants.get(participant_sid)
+        if participant is None or track_sid in self.room.tracks:
+            return None
+        state = participant.state.tracks[track_sid]
+        track = RemoteTrack(participant, state, self.link, self.room.name, participant.state.project)
+        track.on_wanted = self.on_wanted
+        self.room.tracks[track_sid] = track
+        self.link.remote[track.stream] = track
+        return track
+
+    def _remove_track(self, track_sid: str) -> None:
+        track = self.room.tracks.get(track_sid)
+        if not isinstance(track, RemoteTrack):
+            return
+        del self.room.tracks[track_sid]
+        for session in list(track.subscribers()):
+            session.unsubscribe(track)
+        track.close()
+        if self.link.remote.get(track.stream) is track:
+            del self.link.remote[track.stream]
+
+    def close(self) -> None:
+        for participant_sid in list(self.participants):
+            for change in self.roster.remove(participant_sid):
+                if change.kind is ChangeKind.TRACK_REMOVED:
+                    self._remove_track(change.track_sid)
+        self.participants.clear()
+
+    def remote_tracks(self) -> list[RemoteTrack]:
+        return [t for t in self.room.tracks.values() if isinstance(t, RemoteTrack)]
