@@ -456,7 +456,8 @@ class DevServer:
         return [self.proc.pid, *descendants(self.proc.pid)]
 
 
-def start_dev(sfu_cpu: int | None, log_dir: Path) -> DevServer:
+def start_dev(sfu_cpu: int | None, log_dir: Path, code: Path | None = None) -> DevServer:
+    """``code``: run the server from that source tree (``--baseline``) instead of this checkout."""
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="meshrtc-bench-dev-"))
     log_path = log_dir / f"dev-{port}.log"
@@ -464,9 +465,13 @@ def start_dev(sfu_cpu: int | None, log_dir: Path) -> DevServer:
     # CPUs back, and only the media process is pinned to ``sfu_cpu`` once it is found.
     pin = (lambda: os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))) if sfu_cpu is not None else None
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([str(ROOT / ".venv/bin/meshrtc"), "dev", "--port", str(port)],
-                                stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir, preexec_fn=pin,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        argv = [str(ROOT / ".venv/bin/meshrtc"), "dev", "--port", str(port)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if code is not None:  # same interpreter and packages; the tree's modules come first on the path
+            argv = [str(ROOT / ".venv/bin/python"), "-m", "meshrtc", "dev", "--port", str(port)]
+            env["PYTHONPATH"] = str(code)
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir, preexec_fn=pin,
+                                env=env)
     server = DevServer(proc, port, log_path, workdir)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -697,9 +702,9 @@ def _safe_ns(pid: int) -> int:
 
 
 async def run_sfu(n: int, args: argparse.Namespace, media_path: Path, log_dir: Path,
-                  profile: Path | None = None) -> Result:
+                  profile: Path | None = None, code: Path | None = None) -> Result:
     result = Result(n=n)
-    server = await asyncio.to_thread(start_dev, args.sfu_cpu, log_dir)
+    server = await asyncio.to_thread(start_dev, args.sfu_cpu, log_dir, code)
     workers: list[Worker] = []
     pub: Worker | None = None
     try:
@@ -930,6 +935,38 @@ def report(results: list[Result], direct: Result | None) -> str:
     return "\n".join(lines)
 
 
+def export_tree(ref: str, log_dir: Path) -> Path:
+    """``git archive`` of ``ref`` (the baseline server code) into the logs directory."""
+    out = log_dir / "baseline-tree"
+    out.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out
+
+
+def compare(before: list[Result], after: list[Result], ref: str) -> str:
+    """Side-by-side per N (means over repeats): this checkout against the baseline."""
+    lines = [f"| N | CPU µs / fwd pkt: {ref} -> this | ratio | net µs (minus idle): {ref} -> this | ratio "
+             f"| idle CPU % {ref} -> this | loss % {ref} -> this |", "|---|---|---|---|---|---|---|"]
+
+    def mean(rs: list[Result], key: str) -> float:
+        values = [getattr(r, key) for r in rs]
+        return sum(values) / len(values) if values else math.nan
+
+    def loss(rs: list[Result]) -> float:
+        return 100.0 * sum(r.lost_gaps for r in rs) / max(1, sum(r.fwd_packets + r.lost_gaps for r in rs))
+
+    for n in sorted({r.n for r in after} & {r.n for r in before}):
+        b = [r for r in before if r.n == n]
+        a = [r for r in after if r.n == n]
+        us_b, us_a = mean(b, "us_per_pkt"), mean(a, "us_per_pkt")
+        net_b, net_a = mean(b, "net_us_per_pkt"), mean(a, "net_us_per_pkt")
+        lines.append(f"| {n} | {fmt(us_b)} -> **{fmt(us_a)}** | {us_a / us_b:.2f}x | {fmt(net_b)} -> {fmt(net_a)} "
+                     f"| {net_a / net_b:.2f}x | {fmt(mean(b, 'idle_connected_pct'))} -> "
+                     f"{fmt(mean(a, 'idle_connected_pct'))} | {loss(b):.2f} -> {loss(a):.2f} |")
+    return "\n".join(lines)
+
+
 async def orchestrate(args: argparse.Namespace) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="meshrtc-bench-logs-"))
     ns = [int(x) for x in args.subscribers.split(",") if x.strip()]
@@ -952,20 +989,31 @@ async def orchestrate(args: argparse.Namespace) -> int:
         print(f"  {direct.fwd_pps:.0f} pkt/s, first-packet latency p50 {percentile(direct.lat_first, 0.5):.2f} ms "
               f"p99 {percentile(direct.lat_first, 0.99):.2f} ms ({len(direct.lat_first)} frames)", flush=True)
     results: list[Result] = []
+    baseline: list[Result] = []
     invalid: list[Result] = []
+    baseline_code = export_tree(args.baseline, log_dir) if args.baseline else None
+
+    async def valid_run(n: int, code: Path | None) -> Result | None:
+        for attempt in range(1 + args.retries):
+            r = await run_sfu(n, args, media_path, log_dir, code=code)
+            print(f"  {'baseline ' if code else ''}{json.dumps(r.summary())}", flush=True)
+            if not (r.leaves or r.missing):
+                return r
+            invalid.append(r)
+            print(f"  N={n}: INVALID run (attempt {attempt + 1}): {r.leaves} LeaveRequests received, "
+                  f"{len(r.missing)} subscribers without media (the server dropped sessions; see the dev "
+                  f"log: 'missed its heartbeats')", flush=True)
+        return None
+
     for n in ns:
         print(f"N={n}: starting meshrtc dev, 1 publisher, {n} subscribers ...", flush=True)
         for _ in range(args.repeat):
-            for attempt in range(1 + args.retries):
-                r = await run_sfu(n, args, media_path, log_dir)
-                print(f"  {json.dumps(r.summary())}", flush=True)
-                if not (r.leaves or r.missing):
-                    results.append(r)
-                    break
-                invalid.append(r)
-                print(f"  N={n}: INVALID run (attempt {attempt + 1}): {r.leaves} LeaveRequests received, "
-                      f"{len(r.missing)} subscribers without media (the server dropped sessions; see the dev "
-                      f"log: 'missed its heartbeats')", flush=True)
+            if baseline_code is not None:  # interleaved, so both see the same machine load
+                print(f"  baseline ({args.baseline}) ...", flush=True)
+                if (b := await valid_run(n, baseline_code)) is not None:
+                    baseline.append(b)
+            if (r := await valid_run(n, None)) is not None:
+                results.append(r)
     if args.pyspy:
         n = max(ns)
         print(f"profile run (excluded from the table): N={n}, py-spy on the media process ...", flush=True)
@@ -973,6 +1021,11 @@ async def orchestrate(args: argparse.Namespace) -> int:
         print(f"  py-spy raw output: {args.pyspy}", flush=True)
     print()
     print(report(results, direct))
+    if baseline:
+        print(f"\nBaseline {args.baseline} (same command, runs interleaved with the ones above):\n")
+        print(report(baseline, direct))
+        print()
+        print(compare(baseline, results, args.baseline))
     if invalid:
         print(f"\nInvalid runs (discarded, sessions dropped by the server): "
               f"{', '.join(f'N={r.n}' for r in invalid)}")
@@ -984,6 +1037,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
     if args.json:
         text = json.dumps({"machine": info, "args": vars(args), "direct": direct.summary() if direct else None,
                            "results": [r.summary() for r in results],
+                           "baseline": [r.summary() for r in baseline],
                            "invalid": [r.summary() for r in invalid]}, indent=1)
         await asyncio.to_thread(Path(args.json).write_text, text)
     print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -1015,6 +1069,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--publisher-first", action="store_true",
                         help="publish before the subscribers join (late joiners; see docs/BENCHMARKS.md)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the server/client logs directory")
+    parser.add_argument("--baseline", metavar="GIT_REF",
+                        help="also run the server code of this git ref (interleaved) and print before/after ratios")
     # internal: client worker processes
     parser.add_argument("--worker", choices=["pub", "sub"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)

@@ -5,7 +5,14 @@ Measures, in µs per call on pre-built plaintext packets (no SRTP, no sockets):
 * ``SourcePacket.load``: the once-per-input-packet parse (header, VP8 descriptor, keyframe);
 * ``DownTrack.rewrite`` for a ~1200-byte VP8 packet carrying libwebrtc-style extensions
   (mid, rid, abs-send-time, transport-cc), in several configurations;
-* fan-out: one ``load`` plus N ``rewrite`` calls per input packet.
+* fan-out: one ``load`` plus N ``rewrite`` calls per input packet;
+* the whole per-copy send, side by side, CPU time (``time.process_time``, so other processes on a
+  busy machine do not count): rewrite + SRTP protect (AES-256-GCM, aiortc's profile) + ``sendto``
+  on a real UDP socket to N receiving sockets on loopback, done the way the media node did it
+  before (``DownTrack.rewrite`` -> bytes, one ``ExtensionRewriter`` per subscriber,
+  ``pylibsrtp.Session.protect``) and the way it does now (``DownTrack.write_into`` the shared
+  scratch buffer, one rewriter shared by subscribers with the same ids and MID, libsrtp's
+  ``srtp_protect`` in place, ``sendto`` of a view). Rounds alternate between the two.
 
 Run: ``.venv/bin/python bench/forwarding_micro.py [--packets 4096] [--rounds 7] [--fanout 50]``
 Each figure is the best round (minimum), with the median in parentheses.
@@ -14,7 +21,9 @@ Each figure is the best round (minimum), with the median in parentheses.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import socket
 import statistics
 import struct
 import sys
@@ -23,6 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pylibsrtp
 
 from services.media.rtp.codecs import Codec
 from services.media.rtp.extensions import (
@@ -34,6 +45,7 @@ from services.media.rtp.extensions import (
     build_extension_block,
 )
 from services.media.rtp.forwarder import DownTrack, SourcePacket
+from services.media.webrtc import srtp
 
 PUB_IDS = {URI_MID: 4, URI_RID: 10, URI_ABS_SEND_TIME: 2, URI_TWCC: 3}
 SUB_IDS_SAME = dict(PUB_IDS)
@@ -179,6 +191,80 @@ def bench_fanout(packets: list[bytes], kind: str, n: int, rounds: int) -> tuple[
     return timed(run, rounds)
 
 
+def srtp_sessions(n: int) -> list[pylibsrtp.Session]:
+    sessions = []
+    for i in range(n):
+        policy = pylibsrtp.Policy(key=bytes([i]) * 44, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+                                  srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM)
+        sessions.append(pylibsrtp.Session(policy))
+    return sessions
+
+
+def bench_send_paths(packets: list[bytes], n: int, rounds: int) -> dict[str, list[float]]:
+    """CPU µs per forwarded copy for the old and the new per-copy path (see the module doc)."""
+    receivers = []
+    for _ in range(n):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        receivers.append(rx)
+    addrs = [rx.getsockname() for rx in receivers]
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.setblocking(False)
+    sendto = tx.sendto
+
+    def drain() -> None:
+        for rx in receivers:
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    rx.recv(2048)
+
+    def old_round() -> int:
+        sessions = srtp_sessions(n)
+        downs = [make_downtrack("inplace") for _ in range(n)]  # a rewriter each, as before
+        legs = [(d.rewrite, s.protect, a) for d, s, a in zip(downs, sessions, addrs, strict=True)]
+        src = SourcePacket(Codec.VP8)
+        for p in packets:
+            src.load(p, 0, 0.0)
+            for rewrite, protect, addr in legs:
+                out = rewrite(p, src)
+                if out is not None:
+                    with contextlib.suppress(BlockingIOError):
+                        sendto(protect(out), addr)
+        return len(packets) * n
+
+    def new_round() -> int:
+        sessions = srtp_sessions(n)
+        shared = ExtensionRewriter(PUB_IDS, SUB_IDS_AIORTC, mid="7")  # what make_downtrack("inplace") builds
+        downs = [DownTrack(0xABCD, Codec.VP8, 90000, {VP8_PT: 120}, shared) for _ in range(n)]
+        legs = [(d.write_into, srtp.srtp_context(s), a) for d, s, a in zip(downs, sessions, addrs, strict=True)]
+        src = SourcePacket(Codec.VP8)
+        scratch, protect_in_place, protect = srtp.SCRATCH, srtp.protect_in_place, srtp.PROTECT_RTP
+        for p in packets:
+            src.load(p, 0, 0.0)
+            for write_into, context, addr in legs:
+                length = write_into(scratch, p, src)
+                if length:
+                    size = protect_in_place(protect, context, length)
+                    with contextlib.suppress(BlockingIOError):
+                        sendto(scratch[:size], addr)
+        return len(packets) * n
+
+    results: dict[str, list[float]] = {"before": [], "now": []}
+    try:
+        for _ in range(rounds):
+            for name, run in (("before", old_round), ("now", new_round)):
+                drain()
+                gc.collect()
+                t0 = time.process_time_ns()
+                copies = run()
+                results[name].append((time.process_time_ns() - t0) / 1000 / copies)
+    finally:
+        for sock in (*receivers, tx):
+            sock.close()
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--packets", type=int, default=4096)
@@ -210,6 +296,15 @@ def main() -> None:
     for kind, label in (("none", "no extension rewriter"), ("inplace", "ext rewrite in place")):
         best, med = bench_fanout(packets[: max(256, args.packets // 8)], kind, n, r)
         print(f"  {label:<24} {best:8.1f} µs per input packet ({med:.1f}), {best / n:5.2f} µs per copy ({med / n:.2f})")
+
+    print(f"\nper copy, rewrite + SRTP + sendto to {n} loopback sockets, CPU µs (rounds alternate):")
+    paths = bench_send_paths(packets[: max(256, args.packets // 8)], n, r)
+    for name, label in (("before", "before: rewrite() bytes, rewriter each, Session.protect"),
+                        ("now", "now: write_into scratch, shared rewriter, srtp_protect in place")):
+        values = paths[name]
+        print(f"  {label:<64} {min(values):6.2f}  ({statistics.median(values):.2f})")
+    ratio = statistics.median(paths["now"]) / statistics.median(paths["before"])
+    print(f"  now / before (medians): {ratio:.2f}x")
 
 
 if __name__ == "__main__":

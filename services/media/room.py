@@ -60,9 +60,10 @@ class NodeRoom:
             session.deliver_data(payload, reliable)
 
     def broadcast(self, response: rtc.SignalResponse, exclude: str = "") -> None:
+        frame = response.SerializeToString()  # once for the room, not once per participant
         for session in list(self.sessions.values()):
             if session.sid != exclude:
-                session.send(response)
+                session.send_frame(frame)
 
     def broadcast_participant(self, info: models.ParticipantInfo, exclude: str = "", hidden: bool = False) -> None:
         """Tells everyone (the participant itself included, unless excluded) of a change."""
@@ -82,14 +83,29 @@ class NodeRoom:
             self.broadcast(rtc.SignalResponse(speakers_changed=rtc.SpeakersChanged(speakers=speakers)))
 
     def update_quality(self) -> None:
-        """Every participant learns everyone's connection quality (its own included)."""
-        scores: dict[str, tuple[float, bool]] = {}
+        """Every participant learns everyone's connection quality (its own included): one message
+        built and serialized once per room, O(N). Only a publisher whose own entry reads LOST
+        gets a copy of its own (it must never see LOST for itself)."""
+        updates: list[rtc.ConnectionQualityInfo] = []
+        own: dict[str, tuple[int, rtc.ConnectionQualityInfo]] = {}
         for session in self.sessions.values():
             loss = max((track.loss() for track in session.tracks.values()), default=0.0)
-            scores[session.sid] = (loss, session.published)
+            quality, score = quality_from_loss(loss)
+            updates.append(rtc.ConnectionQualityInfo(participant_sid=session.sid, quality=quality, score=score))
+            if session.published:
+                own_quality, own_score = quality_from_loss(loss, publishing_self=True)
+                if own_quality != quality:
+                    own[session.sid] = (len(updates) - 1, rtc.ConnectionQualityInfo(
+                        participant_sid=session.sid, quality=own_quality, score=own_score))
+        frame = _quality_frame(updates)
         for session in list(self.sessions.values()):
-            updates = []
-            for sid, (loss, publishing) in scores.items():
-                quality, score = quality_from_loss(loss, publishing_self=publishing and sid == session.sid)
-                updates.append(rtc.ConnectionQualityInfo(participant_sid=sid, quality=quality, score=score))
-            session.send(rtc.SignalResponse(connection_quality=rtc.ConnectionQualityUpdate(updates=updates)))
+            mine = own.get(session.sid)
+            if mine is None:
+                session.send_frame(frame)
+            else:
+                index, entry = mine
+                session.send_frame(_quality_frame([*updates[:index], entry, *updates[index + 1:]]))
+
+
+def _quality_frame(updates: list[rtc.ConnectionQualityInfo]) -> bytes:
+    return rtc.SignalResponse(connection_quality=rtc.ConnectionQualityUpdate(updates=updates)).SerializeToString()

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 PC_DEADLINE = 10.0  # seconds any single PeerConnection operation may take
 ICE_DEADLINE = 20.0  # a session whose transports never connect is released
+OFFER_COALESCE = 0.1  # seconds a subscriber offer waits for more subscription changes
 SOURCE_NAMES = {models.TrackSource.CAMERA: "camera", models.TrackSource.MICROPHONE: "microphone",
                 models.TrackSource.SCREEN_SHARE: "screen_share",
                 models.TrackSource.SCREEN_SHARE_AUDIO: "screen_share_audio"}
@@ -92,8 +93,9 @@ class Session:
         self._reader = asyncio.create_task(self._read_loop(), name=f"session-in-{self.sid}")
         self._tasks: set[asyncio.Task[object]] = set()
         self._offer_id = 0
-        self._negotiating = False
-        self._renegotiate = False
+        self._negotiating = False  # an offer is being built or waits for its answer
+        self._changes = 0  # subscription changes requested so far ...
+        self._offered = 0  # ... and how many of them the last offer covers
         self._subscribe_existing = False
         self._first_answered = False
         self._deferred: set[str] = set()  # subscriptions asked for before the first answer
@@ -131,6 +133,15 @@ class Session:
             self.detachment.missed(response)
             return
         self._outbox.put_nowait((response.SerializeToString(), None, self.connection_id))
+
+    def send_frame(self, frame: bytes) -> None:
+        """A serialized SignalResponse (room broadcasts serialize once for everyone)."""
+        if self.closed:
+            return
+        if self.detachment is not None:
+            self.detachment.missed(rtc.SignalResponse.FromString(frame))
+            return
+        self._outbox.put_nowait((frame, None, self.connection_id))
 
     async def _write_loop(self) -> None:
         while True:
@@ -303,12 +314,11 @@ class Session:
             for sid in wanted:
                 if (track := self.room.tracks.get(sid)) is not None and track.sid not in self.subscriptions:
                     self.subscribe(track, negotiate=False)
-                    self._renegotiate = True
+                    self._changes += 1
         for track in self.room.tracks.values():
             track.subscriber_ready(self)
-        if self._renegotiate:
-            self._renegotiate = False
-            self.spawn(self.negotiate_subscriber(), "subscriber-offer")
+        if self._changes > self._offered:
+            self.spawn(self.negotiate_subscriber(requested=False), "subscriber-offer")
 
     async def _on_trickle(self, request: rtc.SignalRequest) -> None:
         trickle = request.trickle
@@ -508,7 +518,6 @@ class Session:
         self.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.room.proto())))
         # An offer sent while detached was lost: this one replaces it.
         self._negotiating = False
-        self._renegotiate = False
         self.spawn(self.negotiate_subscriber(ice_restart=True), "subscriber-ice-restart")
         log.info("session %s resumed (reason %d, %d frame(s) missed)", self.sid, request.reconnect_reason,
                  detachment.dropped_frames if detachment else 0)
@@ -628,13 +637,21 @@ class Session:
         if negotiate and not self.closed:
             self.spawn(self.negotiate_subscriber(), "subscriber-offer")
 
-    async def negotiate_subscriber(self, ice_restart: bool = False) -> None:
+    async def negotiate_subscriber(self, requested: bool = True, ice_restart: bool = False) -> None:
+        """Offer the subscriber PeerConnection's current tracks. One offer at a time: changes
+        requested while an offer is out are offered together once it is answered, and a new
+        offer waits OFFER_COALESCE so a burst (a room whose participants all publish at once)
+        lands in one offer instead of one renegotiation per track. An ICE restart goes at once."""
         if self.closed:
             return
+        if requested:
+            self._changes += 1
         if self._negotiating:
-            self._renegotiate = True
             return
         self._negotiating = True
+        if self._first_answered and not ice_restart:  # (the first offer, data channels only, goes at once)
+            await asyncio.sleep(OFFER_COALESCE)
+        self._offered = self._changes
         offer_sdp = await asyncio.wait_for(self.subscriber.create_offer(ice_restart=ice_restart), PC_DEADLINE)
         self._offer_id += 1
         self.send(rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=offer_sdp, id=self._offer_id)))

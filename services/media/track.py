@@ -1,8 +1,9 @@
 """A track published on this node and its fan-out to local subscribers.
 
 The receive callback (`on_rtp`) is the hot path: one parse into a reusable `SourcePacket`, a
-cache put for NACKs, then one `DownTrack.rewrite` + synchronous `send_rtp` per subscriber. No
-await, no allocation beyond the rewritten bytes, no lookup outside this object.
+cache put for NACKs, then per subscriber one `DownTrack.write_into` the shared SRTP scratch
+buffer and a synchronous `send_scratch` (protect in place, sendto). No await, no per-copy
+allocation, no lookup outside this object.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .rtp.packet_cache import PacketCache
 from .rtp.selector import RID_TO_LAYER, LayerInfo, layer_for_quality, select_layer
 from .webrtc.peer import OutgoingTrack
 from .webrtc.sdp import MediaSection
+from .webrtc.srtp import SCRATCH
 
 if TYPE_CHECKING:
     from .relay_link import TrackExports
@@ -123,6 +125,7 @@ class PublishedTrack:
         self._audio_level_id = self.extension_ids.get(URI_AUDIO_LEVEL, 0) if self.kind == "audio" else 0
         self.audio_level = 0.0  # smoothed, 0..1
         self._subs: dict[str, Subscription] = {}
+        self._rewriters: dict[tuple[tuple[tuple[str, int], ...], str | None], ExtensionRewriter] = {}
         self._active: tuple[Subscription, ...] = ()  # snapshot iterated by the hot path
         self.packets_in = 0
         self.bytes_in = 0
@@ -166,11 +169,12 @@ class PublishedTrack:
                 # RFC 6464: 0 dBov loudest .. 127 silent; smoothed so one loud packet is no speaker.
                 self.audio_level = 0.9 * self.audio_level + 0.1 * (1.0 - (raw & 0x7F) / 127.0)
         want_keyframe = False
+        scratch = SCRATCH
         for sub in self._active:
             down = sub.down
-            out = down.rewrite(packet, source)  # type: ignore[union-attr]
-            if out is not None:
-                sub.outgoing.send_rtp(out)
+            length = down.write_into(scratch, packet, source)  # type: ignore[union-attr]
+            if length:
+                sub.outgoing.send_scratch(length)
             elif down.needs_keyframe and layer == down.target_layer:  # type: ignore[union-attr]
                 want_keyframe = True
         if want_keyframe:
@@ -292,12 +296,21 @@ class PublishedTrack:
         if pt is None:
             log.warning("track %s: subscriber %s negotiated no codec", self.sid, session.sid)
             return
-        rewriter = ExtensionRewriter(self.extension_ids, out.extension_ids, out.mid)
+        rewriter = self._rewriter(out.extension_ids, out.mid)
         sub.down = DownTrack(out.ssrc, self.codec, self.clock_rate, dict.fromkeys(self.payload_types, pt),
                              rewriter, target_layer=self._effective_layer(sub))
         sub.down.paused = sub.paused
         self._refresh()
         self.request_keyframe(sub.down.target_layer)
+
+    def _rewriter(self, subscriber_ids: dict[str, int], mid: str | None) -> ExtensionRewriter:
+        """Subscribers with the same extension ids and MID share one rewriter, which then
+        translates each packet's extension block once for all of them."""
+        key = (tuple(sorted(subscriber_ids.items())), mid)
+        rewriter = self._rewriters.get(key)
+        if rewriter is None:
+            rewriter = self._rewriters[key] = ExtensionRewriter(self.extension_ids, subscriber_ids, mid)
+        return rewriter
 
     def remove_subscriber(self, session: Session) -> None:
         sub = self._subs.pop(session.sid, None)

@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,7 +25,7 @@ import nats.errors
 import pytest
 from livekit import rtc
 
-from .conftest import DevServer
+from .conftest import DevServer, start_dev_server, stop_dev_server
 from .sdk_helpers import SyntheticPublisher, dev_nats_url, media_node_stats, publish_synthetic, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(200)]
@@ -33,6 +33,22 @@ warnings.filterwarnings("ignore", message=".*HMAC key.*")
 
 CLIENT_PROC = Path(__file__).with_name("sdk_client_proc.py")
 MB = 1 << 20
+# These tests load the whole machine on purpose. With the default 500 ms heartbeats (node down after
+# ~1.5 s of silence) a shared 2-core runner at load 20-40 starves the heartbeat path (nats-server, the
+# room service) long enough for the room service to declare the media node down and move every
+# client, which is node-failure handling (tests/e2e/test_node_failure.py), not what is measured here.
+HEARTBEAT_MS = 2000
+
+
+@pytest.fixture(scope="module")
+def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MESHRTC_HEARTBEAT_MS", str(HEARTBEAT_MS))
+        server = start_dev_server(tmp_path_factory.mktemp("dev"))
+    try:
+        yield server
+    finally:
+        stop_dev_server(server)
 
 
 async def stats_now(nats_url: str, attempts: int = 5) -> dict[str, Any]:
@@ -209,9 +225,10 @@ async def test_sigkilled_clients_leave_no_residue(dev_server: DevServer, tmp_pat
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "open: 20 publishers x 19 subscribers means 380 subscriber m-lines negotiated one aiortc offer at a "
-    "time; on a 2-core machine the renegotiation backlog (and, under load, ICE consent failures) keeps "
-    "the room from completing within 60 s. Kept running so the figures stay visible."))
+    "not reliable yet on a shared 2-core runner: passes in ~15-30 s when the machine is quiet (29.2 s at "
+    "load 19), but at load 20-40 some runs stall with every server-side subscription in place (380) while "
+    "clients lack tracks, or a client stops answering ICE consent on its publisher PeerConnection for 30 s "
+    "(see docs/BENCHMARKS.md, Forwarding: 20 participants). Kept running so the figures stay visible."))
 async def test_twenty_participants_all_subscribe_to_each_other(dev_server: DevServer) -> None:
     room_name, n = "scale-20", 20
     identities = [f"p{i:02d}" for i in range(n)]

@@ -190,7 +190,7 @@ class ExtensionRewriter:
     instance may serve every subscriber with the same ids and MID.
     """
 
-    __slots__ = ("_add_mid", "_mid", "_mid_id", "_plans", "_table", "passthrough")
+    __slots__ = ("_add_mid", "_memo_in", "_memo_out", "_mid", "_mid_id", "_plans", "_table", "passthrough")
 
     def __init__(
         self,
@@ -222,6 +222,8 @@ class ExtensionRewriter:
                 identity = False
         self._table = table
         self._plans: dict[int, _Plan] = {}
+        self._memo_in: bytes | None = None
+        self._memo_out: bytes = b""
         self.passthrough = identity and not self._add_mid
 
     @property
@@ -236,6 +238,29 @@ class ExtensionRewriter:
         become zero padding. If the block has to grow or change form it is rebuilt (and the X
         bit cleared if nothing remains).
         """
+        return bytearray(self._translated(data, hdr))
+
+    def write_into(self, buf: memoryview, data: Buffer, hdr: RtpHeader) -> int:
+        """Like :meth:`rewrite`, into ``buf`` from offset 0: the length written, 0 if it does not fit."""
+        out = self._translated(data, hdr)
+        length = len(out)
+        if length > len(buf):
+            return 0
+        buf[:length] = out
+        return length
+
+    def _translated(self, data: Buffer, hdr: RtpHeader) -> bytes | bytearray:
+        # Subscribers with the same ids and MID share this rewriter, and the fan-out hands it the
+        # same packet once per subscriber: translate it once (immutable input only).
+        if data is self._memo_in:
+            return self._memo_out
+        out = self._translate(data, hdr)
+        if type(data) is bytes:
+            self._memo_in = data
+            self._memo_out = bytes(out)
+        return out
+
+    def _translate(self, data: Buffer, hdr: RtpHeader) -> bytearray:
         if hdr.ext_profile < 0:
             if not self._add_mid:
                 return bytearray(data)

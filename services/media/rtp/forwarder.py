@@ -37,6 +37,7 @@ __all__ = ["DownTrack", "NackTarget", "SourcePacket"]
 
 _pack_header = FIXED_HEADER.pack_into
 _monotonic = time.monotonic
+_MAX_GROWTH = 1024  # an extension-block rebuild adds at most this (a MID, ids moved to the two-byte form)
 
 
 class SourcePacket(RtpHeader):
@@ -268,24 +269,32 @@ class DownTrack:
         """Packet to send to this subscriber, or None when dropped.
 
         ``src`` is the shared parse of ``packet`` (see :class:`SourcePacket`); without it the
-        packet is parsed here as layer 0 (convenient, slower).
+        packet is parsed here as layer 0 (convenient, slower). The fan-out uses
+        :meth:`write_into` instead, which writes into a caller's buffer.
         """
         if src is None:
             src = self._scratch.load(packet)
+        buf = bytearray(len(packet) + _MAX_GROWTH)
+        length = self.write_into(memoryview(buf), packet, src)
+        return bytes(buf[:length]) if length else None
+
+    def write_into(self, buf: memoryview, packet: bytes, src: SourcePacket) -> int:
+        """Write the packet for this subscriber into ``buf`` (from offset 0); its length, or 0
+        when dropped (or when it does not fit ``buf``). The per-copy hot path."""
         seq = src.sequence
         if src.ssrc != self._src_ssrc:
             if src.layer != self._target or self._paused:
                 self.packets_dropped += 1
-                return None
+                return 0
             if not src.keyframe:
                 self.packets_dropped += 1
                 if self.codec.is_video:
                     self._keyframe_wanted = True
-                return None
+                return 0
             if src.layer == self.current_layer and self._replaced(src.ssrc):
                 # Straggler from the stream a publisher restart replaced: never switch back.
                 self.packets_dropped += 1
-                return None
+                return 0
             self._open_epoch(src)
             newest = True
         else:
@@ -304,20 +313,27 @@ class DownTrack:
                 # Late packet: drop it if it predates this epoch's first packet.
                 if ((high - seq) & 0xFFFF) > ((high - self._src_start) & 0xFFFF):
                     self.packets_dropped += 1
-                    return None
+                    return 0
         pt = self._pt_map[src.payload_type]
         if pt < 0:
             self.packets_dropped += 1
-            return None
-        out_seq = (seq + self._seq_offset) & 0xFFFF
-        out_ts = (src.timestamp + self._ts_offset) & 0xFFFFFFFF
+            return 0
         ext = self._ext
         if ext is None:
-            buf = bytearray(packet)
+            length = len(packet)
+            if length > len(buf):
+                self.packets_dropped += 1
+                return 0
+            buf[:length] = packet
             shift = 0
         else:
-            buf = ext.rewrite(packet, src)
-            shift = len(buf) - len(packet)
+            length = ext.write_into(buf, packet, src)
+            if not length:
+                self.packets_dropped += 1
+                return 0
+            shift = length - len(packet)
+        out_seq = (seq + self._seq_offset) & 0xFFFF
+        out_ts = (src.timestamp + self._ts_offset) & 0xFFFFFFFF
         _pack_header(buf, 0, buf[0], (buf[1] & 0x80) | pt, out_seq, out_ts, self.ssrc)
         if self._vp8:
             desc = src.vp8
@@ -334,9 +350,9 @@ class DownTrack:
             self._last_ts = out_ts
             self._last_arrival = src.arrival
         self.packets_sent += 1
-        self.bytes_sent += len(buf)
+        self.bytes_sent += length
         self.payload_bytes_sent += src.payload_end - src.payload_start
-        return bytes(buf)
+        return length
 
     def _skip_one(self) -> None:
         """The current stream loses one sequence number from here on: a new epoch entry (same

@@ -29,11 +29,13 @@ __all__ = [
     "ReportBlock",
     "RtcpOther",
     "SenderReport",
+    "build_bye",
     "build_fir",
     "build_nack",
     "build_pli",
     "build_remb",
     "build_rr",
+    "build_sdes",
     "build_sr",
     "iter_compound",
     "nack_seqs",
@@ -367,6 +369,25 @@ def build_sr(
 
 def build_rr(ssrc: int, reports: Sequence[ReportBlock] = ()) -> bytes:
     return _packet(PT_RR, len(reports), _U32.pack(ssrc) + _pack_blocks(reports))
+
+
+def build_sdes(chunks: Sequence[tuple[int, bytes]]) -> bytes:
+    """SDES with one CNAME item per ``(ssrc, cname)`` chunk (RFC 3550 §6.5)."""
+    if len(chunks) > 31:
+        raise ValueError("at most 31 SDES chunks per packet")
+    body = bytearray()
+    for ssrc, cname in chunks:
+        if len(cname) > 255:
+            raise ValueError("CNAME longer than 255 bytes")
+        chunk = _U32.pack(ssrc) + bytes((1, len(cname))) + cname
+        body += chunk + bytes(4 - len(chunk) % 4)  # item list ends with 1-4 zero bytes
+    return _packet(PT_SDES, len(chunks), bytes(body))
+
+
+def build_bye(ssrcs: Sequence[int]) -> bytes:
+    if len(ssrcs) > 31:
+        raise ValueError("at most 31 SSRCs per BYE")
+    return _packet(PT_BYE, len(ssrcs), b"".join(_U32.pack(ssrc) for ssrc in ssrcs))
 
 
 def build_pli(sender_ssrc: int, media_ssrc: int) -> bytes:

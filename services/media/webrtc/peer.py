@@ -28,6 +28,8 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
+import types
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -42,6 +44,8 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.sdp import candidate_from_sdp
 
+from ..rtp.rtcp import build_sdes, build_sr
+from . import consent, lazy_estimator, srtp
 from .ice import rtc_configuration
 from .ice_restart import IceSwitch
 from .rtcp import feedback_media_ssrcs, iter_rtcp
@@ -55,6 +59,7 @@ from .sdp import (
     remove_extmaps,
     strip_inactive_msids,
 )
+from .sender_reports import SenderReportClock, run_rtcp_quietly
 
 __all__ = [
     "MediaPeer",
@@ -67,6 +72,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+lazy_estimator.install()  # receivers are created for every m-line and never fed
+
 T = TypeVar("T")
 RtpCallback = Callable[[bytes], None]
 DataCallback = Callable[[str, bytes], None]
@@ -74,6 +81,7 @@ StateCallback = Callable[[str], None]
 TrackRtpCallback = Callable[[str, str, bytes], None]
 
 _MARK = "_meshrtc_peer"
+_NOMINATION_MARK = "_meshrtc_nomination"
 
 
 class MediaPeerError(Exception):
@@ -126,6 +134,7 @@ class OutgoingTrack:
         self.packets_sent = 0
         self.bytes_sent = 0  # SRTP bytes on the wire
         self.plaintext_bytes_sent = 0
+        self.sender_report_time: tuple[int, int] | None = None  # (ntp, rtp timestamp)
 
     def __repr__(self) -> str:
         return f"OutgoingTrack({self.kind} {self.track_id} mid={self.mid} ssrc={self.ssrc})"
@@ -155,7 +164,7 @@ class OutgoingTrack:
     @property
     def ready(self) -> bool:
         """Negotiated and the transport is connected: :meth:`send_rtp` will put it on the wire."""
-        return self.negotiated and self._peer._tx_rtp is not None
+        return self.negotiated and self._peer._tx is not None
 
     @property
     def codecs(self) -> list[RTCRtpCodecParameters]:
@@ -194,26 +203,36 @@ class OutgoingTrack:
     def send_rtp(self, packet: bytes) -> bool:
         """SRTP-protect a fully rewritten plaintext RTP packet and send it now. Returns False
         when the transport is not connected (yet / any more) or the track was removed."""
+        length = len(packet)
+        if not self._active or length > srtp.MAX_PLAINTEXT:
+            return False
+        srtp.SCRATCH[:length] = packet
+        return self.send_scratch(length)
+
+    def send_scratch(self, length: int) -> bool:
+        """Like :meth:`send_rtp` for a packet already written to ``srtp.SCRATCH[:length]`` (the
+        fan-out's per-copy path: no intermediate bytes object)."""
         if not self._active:
             return False
-        size = self._peer._send_now(self._peer._tx_rtp, packet)
+        size = self._peer._send_scratch(srtp.PROTECT_RTP, length)
         if not size:
             return False
         self.packets_sent += 1
         self.bytes_sent += size
-        self.plaintext_bytes_sent += len(packet)
+        self.plaintext_bytes_sent += length
         return True
 
     def sync_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> None:
-        """Feed aiortc's periodic Sender Report for this SSRC: the NTP/RTP timestamp pair (the
-        publisher's SR translated to this track's timeline) plus this track's counters."""
-        sender = self.transceiver.sender
-        sender._RTCRtpSender__ntp_timestamp = ntp_timestamp  # type: ignore[attr-defined]
-        sender._RTCRtpSender__rtp_timestamp = rtp_timestamp & 0xFFFFFFFF  # type: ignore[attr-defined]
-        sender._RTCRtpSender__packet_count = self.packets_sent  # type: ignore[attr-defined]
-        sender._RTCRtpSender__octet_count = max(  # type: ignore[attr-defined]
-            0, self.plaintext_bytes_sent - 12 * self.packets_sent
-        )
+        """The NTP/RTP timestamp pair (the publisher's SR translated to this track's timeline)
+        for this SSRC's periodic Sender Report, which also carries this track's counters."""
+        self.sender_report_time = (ntp_timestamp, rtp_timestamp & 0xFFFFFFFF)
+
+    def sender_report(self) -> tuple[int, int, int, int] | None:
+        """``(ntp, rtp_timestamp, packet_count, octet_count)`` for our SR, once a pair is known."""
+        if self.sender_report_time is None or not self._active:
+            return None
+        ntp, rtp_timestamp = self.sender_report_time
+        return ntp, rtp_timestamp, self.packets_sent, max(0, self.plaintext_bytes_sent - 12 * self.packets_sent)
 
 
 class MediaPeer:
@@ -264,17 +283,19 @@ class MediaPeer:
         self.bytes_received = 0
         self.packets_received = 0
         self.srtp_errors = 0
+        self.send_drops = 0  # datagrams dropped because the socket's send buffer was full
 
         #: m-lines of the last remote description (the client's offer, or its answer)
         self.remote_media: list[MediaSection] = []
 
         self._demux = _Demux()
-        self._tx_rtp: tuple[Callable[[bytes], bytes], Callable[..., None], tuple[str, int]] | None = None
-        self._tx_rtcp: tuple[Callable[[bytes], bytes], Callable[..., None], tuple[str, int]] | None = None
+        # (libsrtp context, sendto, remote address, the pylibsrtp session keeping the context alive)
+        self._tx: tuple[Any, Callable[..., None], tuple[str, int], pylibsrtp.Session] | None = None
         self._outgoing: dict[str, OutgoingTrack] = {}
         self._rtcp_routes: dict[int, OutgoingTrack] = {}
         self._channels: dict[str, RTCDataChannel] = {}
         self._pending_candidates: list[Any] = []
+        self._remote_description_set = False
         self._lock = asyncio.Lock()
         self._closed = False
         self._close_task: asyncio.Future[None] | None = None
@@ -306,7 +327,7 @@ class MediaPeer:
 
     @property
     def connected(self) -> bool:
-        return self._tx_rtp is not None
+        return self._tx is not None
 
     @property
     def on_state(self) -> Callable[[StateCallback], None]:
@@ -320,7 +341,7 @@ class MediaPeer:
 
     async def wait_connected(self, time_limit: float | None = None) -> None:
         """Wait until DTLS is up; raises :class:`MediaPeerError` on failure/close."""
-        if self._tx_rtp is not None:
+        if self._tx is not None:
             return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[str] = loop.create_future()
@@ -360,7 +381,7 @@ class MediaPeer:
         if state == "connected":
             self._activate_fast_path()
         elif state in ("failed", "closed"):
-            self._tx_rtp = self._tx_rtcp = None
+            self._stop_sending()
         if self._closed and state != "closed":
             return
         self._emit_state(state)
@@ -425,6 +446,7 @@ class MediaPeer:
             await switch.begin()  # before the description: its candidates belong to the new connection
             self._install_hooks()
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        self._remote_description_set = True
         self.remote_media = parsed.media
         self._demux.configure(self.remote_media)
         self._neutralize_receivers()
@@ -453,6 +475,7 @@ class MediaPeer:
     async def _accept_answer(self, sdp: str) -> None:
         parsed = parse_sdp(sdp)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        self._remote_description_set = True
         self.remote_media = parsed.media
         await self._flush_candidates()
         self._refresh_routes()
@@ -462,7 +485,9 @@ class MediaPeer:
 
     async def _add_remote_candidate(self, candidate: Any) -> None:
         ice = self._ice_transport()
-        if ice is None or self.pc.remoteDescription is None:
+        # (not pc.remoteDescription: aiortc serializes the whole SDP on every access of that property,
+        # which made trickle -- dozens of candidates per client -- the costliest part of a join storm)
+        if ice is None or not self._remote_description_set:
             # trickled before the offer/answer it belongs to: applied with the next description
             self._pending_candidates.append(candidate)
             return
@@ -536,10 +561,14 @@ class MediaPeer:
         sender._ssrc = ssrc
         transceiver.receiver._set_rtcp_ssrc(ssrc)
         sender._rtx_ssrc = rtx_ssrc if rtx_ssrc is not None else self._unused_ssrc(exclude=ssrc)
+        # Sender Reports come from SenderReportClock (one timer), not from a task per sender.
+        sender._run_rtcp = types.MethodType(run_rtcp_quietly, sender)  # type: ignore[method-assign]
         self._neutralize_receivers()
         track = OutgoingTrack(self, transceiver, kind, track_id, stream_id)
         self._outgoing[track_id] = track
         self._refresh_routes()
+        if self._tx is not None:
+            SenderReportClock.current().add(self)
         return track
 
     async def remove_outgoing(self, track: OutgoingTrack | str) -> None:
@@ -588,34 +617,64 @@ class MediaPeer:
 
     def send_rtcp(self, packet: bytes) -> bool:
         """SRTCP-protect and send a plaintext (compound) RTCP packet now (PLI, NACK, RR, REMB)."""
-        return self._send_now(self._tx_rtcp, packet) > 0
+        return self._send_packet(srtp.PROTECT_RTCP, packet) > 0
 
     def send_rtp(self, packet: bytes) -> bool:
         """Send a plaintext RTP packet not tied to an :class:`OutgoingTrack`."""
-        return self._send_now(self._tx_rtp, packet) > 0
+        return self._send_packet(srtp.PROTECT_RTP, packet) > 0
 
-    def _send_now(self, tx: tuple[Callable[[bytes], bytes], Callable[..., None], tuple[str, int]] | None,
-                  packet: bytes) -> int:
-        """Protect and send; the wire size, or 0 when nothing was sent."""
+    def _send_packet(self, protect: Any, packet: bytes) -> int:
+        length = len(packet)
+        if self._tx is None or length > srtp.MAX_PLAINTEXT:
+            return 0
+        srtp.SCRATCH[:length] = packet
+        return self._send_scratch(protect, length)
+
+    def _send_scratch(self, protect: Any, length: int) -> int:
+        """Protect ``srtp.SCRATCH[:length]`` in place and send it: the one send path of RTP and
+        RTCP. The wire size, or 0 when nothing was sent."""
+        tx = self._tx
         if tx is None:
             return 0
-        try:
-            data = tx[0](packet)
-            tx[1](data, tx[2])
-        except pylibsrtp.Error:
+        size = srtp.protect_in_place(protect, tx[0], length)
+        if not size:
             self.srtp_errors += 1
+            return 0
+        try:
+            tx[1](srtp.SCRATCH[:size], tx[2])
+        except BlockingIOError:  # the socket's send buffer is full: dropped, as the network would
+            self.send_drops += 1
             return 0
         except (AttributeError, OSError):
             self._transport_lost()
             return 0
         self.packets_sent += 1
-        self.bytes_sent += len(data)
-        return len(data)
+        self.bytes_sent += size
+        return size
 
     def _transport_lost(self) -> None:
         """aioice closed the socket under us (consent expired, ICE failed): stop using the
         cached fast path; aiortc reports the state change and the session closes the peer."""
-        self._tx_rtp = self._tx_rtcp = None
+        self._stop_sending()
+
+    def _stop_sending(self) -> None:
+        self._tx = None
+        SenderReportClock.current().discard(self)
+
+    def send_sender_reports(self) -> None:
+        """One compound SR (+ SDES CNAME) for the outgoing tracks whose timestamps are known;
+        called by the process-wide :class:`SenderReportClock` instead of a task per track."""
+        reports = []
+        for out in self._outgoing.values():
+            values = out.sender_report()
+            if values is not None:
+                reports.append((out.ssrc, *values))
+        cname = (getattr(self.pc, "_RTCPeerConnection__cname", None) or self.name).encode()[:255]
+        for start in range(0, len(reports), 31):
+            chunk = reports[start:start + 31]
+            packet = b"".join(build_sr(*report) for report in chunk)
+            # one SDES per SSRC: aiortc's parser misreads multi-chunk SDES of most CNAME lengths
+            self.send_rtcp(packet + b"".join(build_sdes([(report[0], cname)]) for report in chunk))
 
     # ------------------------------------------------------------------ data channels
 
@@ -738,11 +797,30 @@ class MediaPeer:
             objects += [dtls, dtls.transport, dtls.transport._connection]
         for ice in getattr(self.pc, "_RTCPeerConnection__iceTransports", ()):
             objects += [ice, ice._connection]
+            consent.install(ice._connection)
+            self._follow_nomination(ice._connection)
         known = {id(obj) for obj in self._owned}
         for obj in objects:
             if id(obj) not in known:
                 known.add(id(obj))
                 self._owned.append(obj)
+
+    def _follow_nomination(self, connection: Any) -> None:
+        """The fast path caches the nominated pair's socket and address; a controlling peer
+        (libwebrtc) may nominate another pair later, which aioice adopts in ``check_complete``:
+        re-resolve then, or media and RTCP keep going to an address the peer may have pruned."""
+        if getattr(connection, _NOMINATION_MARK, None) is self:
+            return
+        setattr(connection, _NOMINATION_MARK, self)
+        original = connection.check_complete
+        peer = self
+
+        def check_complete(pair: Any) -> None:
+            original(pair)
+            if peer._tx is not None and not peer._closed:
+                peer._activate_fast_path()
+
+        connection.check_complete = check_complete
 
     def _all_protocols(self) -> list[Any]:
         protocols: list[Any] = []
@@ -767,14 +845,14 @@ class MediaPeer:
                     if len(data) > 1 and 191 < data[1] < 224:
                         try:
                             plain = srtp.unprotect_rtcp(data)
-                        except pylibsrtp.Error:
+                        except (pylibsrtp.Error, ValueError):  # ValueError: longer than its buffer
                             peer.srtp_errors += 1
                             return
                         peer._deliver_rtcp(plain)
                         return
                     try:
                         plain = srtp.unprotect(data)
-                    except pylibsrtp.Error:
+                    except (pylibsrtp.Error, ValueError):
                         peer.srtp_errors += 1
                         return
                     peer._deliver_rtp(plain)
@@ -851,10 +929,14 @@ class MediaPeer:
             if tx_srtp is None or pair is None:
                 continue
             self._install_hooks()
-            sendto = pair.protocol.transport.sendto
-            addr = pair.remote_addr
-            self._tx_rtp = (tx_srtp.protect, sendto, addr)
-            self._tx_rtcp = (tx_srtp.protect_rtcp, sendto, addr)
+            transport = pair.protocol.transport
+            # The socket itself, not asyncio's transport.sendto (~1 µs of Python per datagram, and
+            # a queue we do not want for media: a full send buffer drops, it does not delay).
+            sock = getattr(transport, "_sock", None)
+            sendto = sock.sendto if isinstance(sock, socket.socket) else transport.sendto
+            self._tx = (srtp.srtp_context(tx_srtp), sendto, pair.remote_addr, tx_srtp)
+            if self._outgoing:
+                SenderReportClock.current().add(self)
             return
 
     # ------------------------------------------------------------------ close
@@ -871,7 +953,7 @@ class MediaPeer:
     def _start_close(self) -> None:
         if self._close_task is None:
             self._closed = True
-            self._tx_rtp = self._tx_rtcp = None
+            self._stop_sending()
             self._close_task = asyncio.ensure_future(self._do_close())
 
     async def _do_close(self) -> None:

@@ -771,3 +771,32 @@ async def test_port_range_exhausted_is_a_clear_error() -> None:
     finally:
         blocker.close()
         await client.close()
+
+
+async def test_fast_path_follows_a_later_nomination() -> None:
+    """libwebrtc (controlling) may nominate another pair after ICE completed; aioice adopts it and
+    so must the cached fast path, or media keeps going to the first pair's address."""
+    from aioice.candidate import Candidate
+    from aioice.ice import CandidatePair
+
+    pub = await start_publisher()
+    async with closing(pub.peer, pub.client):
+        connection = pub.peer._ice_transport()._connection
+        first = connection._nominated[1]
+        assert pub.peer._tx is not None and pub.peer._tx[2] == first.remote_addr
+        # a second pair from the same local socket to another (live) client port
+        other_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        other_socket.bind(("127.0.0.1", 0))
+        other_socket.settimeout(5)
+        remote = Candidate(foundation="renominated", component=1, transport="udp", priority=1,
+                           host="127.0.0.1", port=other_socket.getsockname()[1], type="host")
+        pair = CandidatePair(first.protocol, remote)
+        pair.state = CandidatePair.State.SUCCEEDED
+        pair.nominated = True
+        connection.check_complete(pair)
+        assert connection._nominated[1] is pair
+        assert pub.peer._tx[2] == pair.remote_addr
+        assert pub.peer.send_rtcp(bytes.fromhex("80c90001") + b"\x00\x00\x00\x01")  # an empty RR
+        data, _ = await asyncio.get_running_loop().run_in_executor(None, other_socket.recvfrom, 2048)
+        assert len(data) > 8  # SRTCP: the RR plus index and tag
+        other_socket.close()

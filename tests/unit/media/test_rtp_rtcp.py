@@ -10,6 +10,7 @@ from aiortc.rtp import (
     RtcpReceiverInfo,
     RtcpRrPacket,
     RtcpRtpfbPacket,
+    RtcpSdesPacket,
     RtcpSenderInfo,
     RtcpSrPacket,
     pack_remb_fci,
@@ -175,3 +176,40 @@ def test_ntp_helpers() -> None:
     assert ntp >> 32 == rtcp.NTP_EPOCH_OFFSET
     assert ntp & 0xFFFFFFFF == 1 << 31
     assert rtcp.ntp_middle(0x1122334455667788) == 0x33445566
+
+
+def test_sr_sdes_bye_compound_aiortc_parses_it() -> None:
+    sr = rtcp.build_sr(0x1234, 0xAABBCCDD11223344, 9000, 7, 700)
+    # (aiortc's parser only realigns between chunks when the terminator takes 2 bytes: lengths 4k)
+    sdes = rtcp.build_sdes([(0x1234, b"cname-01"), (0x5678, b"abcd")]) + rtcp.build_sdes([(0x9, b"odd")])
+    bye = rtcp.build_bye([0x1234, 0x5678])
+    assert len(sdes) % 4 == 0
+    parsed = RtcpPacket.parse(sr + sdes + bye)
+    assert [type(p) for p in parsed] == [RtcpSrPacket, RtcpSdesPacket, RtcpSdesPacket, RtcpByePacket]
+    assert parsed[0].ssrc == 0x1234 and parsed[0].sender_info.rtp_timestamp == 9000
+    chunks = parsed[1].chunks
+    assert [(c.ssrc, c.items) for c in chunks] == [(0x1234, [(1, b"cname-01")]), (0x5678, [(1, b"abcd")])]
+    assert [(c.ssrc, c.items) for c in parsed[2].chunks] == [(0x9, [(1, b"odd")])]
+    assert parsed[3].sources == [0x1234, 0x5678]
+    with pytest.raises(ValueError):
+        rtcp.build_sdes([(1, b"x" * 256)])
+
+
+def test_lazy_bitrate_estimator_builds_on_first_use_and_behaves_the_same() -> None:
+    from aiortc.rate import RemoteBitrateEstimator
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+    from services.media.webrtc import lazy_estimator
+
+    lazy_estimator.install()
+    class OpenTransport:  # all RTCRtpReceiver.__init__ reads of its transport
+        state = "new"
+
+    receiver = RTCRtpReceiver("video", transport=OpenTransport())  # type: ignore[arg-type]
+    estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+    assert isinstance(estimator, lazy_estimator.LazyRemoteBitrateEstimator) and not estimator.built
+    real = RemoteBitrateEstimator()
+    for i in range(50):  # abs-send-time every 10 ms, 1200 bytes: both report the same
+        args = (1000 + 10 * i, (i * 10 << 18) // 1000 & 0xFFFFFF, 1200, 1234)
+        assert estimator.add(*args) == real.add(*args)
+    assert estimator.built
