@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="one-way delay of a link, e.g. dc1-dc2=30ms (default 30/20/20 ms for dc1-dc2/dc1-dc3/dc2-dc3)")
     up.add_argument("--name", default="meshrtc", help="namespaces are NAME-dc1, NAME-dc2, … (default meshrtc)")
     up.add_argument("--slot", type=int, help="address slot 0-255 (default: the first free one)")
-    up.add_argument("--emulator", choices=["auto", "netem", "wire"], default="auto",
-                    help="link emulation: kernel tc netem, or the userspace `wire` (default: netem if the kernel "
-                         "has it)")
+    up.add_argument("--emulator", choices=["auto", "netem", "wire", "veth"], default="auto",
+                    help="link emulation: kernel tc netem, the userspace `wire`, or plain `veth` links without "
+                         "delay or loss (default: netem if the kernel has it)")
     up.add_argument("--network-only", action="store_true", help="build the network, start no services")
     up.add_argument("--media-nodes", type=int, default=1, help="media processes per DC (default 1)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for every DC to be ready")

@@ -42,6 +42,8 @@ def degrade(plan: LabPlan, state: LabState, state_dir: StateDir, a: str, b: str,
         delay_ms=current.delay_ms if delay_ms is None else delay_ms,
         loss_percent=current.loss_percent if loss_percent is None else loss_percent,
     )
+    if state.emulator == "veth":
+        raise netns.LabNetworkError("this lab's links are plain veth pairs (emulator veth): they cannot be shaped")
     if state.emulator == "netem":
         netns.apply_all(steps.netem_steps(link, new.delay_ms, new.loss_percent))
     shapes[link.name] = new

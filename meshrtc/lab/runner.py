@@ -138,10 +138,10 @@ def _build_network(state_dir: StateDir, plan: LabPlan, emulator: Emulator, servi
     state_dir.save_links({link.name: LinkShape(delay_ms=link.delay_ms) for link in plan.links})
     try:
         netns.apply_all(steps.namespace_steps(plan))
-        if emulator == "netem":
-            netns.apply_all(steps.veth_link_steps(plan))
-        else:
+        if emulator == "wire":
             _start_wire(state_dir, state)
+        else:
+            netns.apply_all(steps.veth_link_steps(plan, shaped=emulator == "netem"))
         netns.apply_all(steps.link_address_steps(plan))
         netns.apply_all(steps.management_steps(plan))
         return state

@@ -20,7 +20,7 @@ from meshrtc.lab.shaper import Shape
 from meshrtc.lab.topology import LabPlan, plan_lab
 
 DEFAULT_STATE_DIR = Path("/run/meshrtc-lab")
-Emulator = Literal["netem", "wire"]
+Emulator = Literal["netem", "wire", "veth"]  # veth: plain links, no delay or loss (shaping off)
 
 
 class LabStateError(RuntimeError):

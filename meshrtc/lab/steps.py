@@ -64,14 +64,17 @@ def namespace_steps(plan: LabPlan) -> list[Step]:
     return steps
 
 
-def veth_link_steps(plan: LabPlan) -> list[Step]:
-    """Inter-DC links as kernel veth pairs shaped by `tc netem` (the `netem` emulator)."""
+def veth_link_steps(plan: LabPlan, shaped: bool = True) -> list[Step]:
+    """Inter-DC links as kernel veth pairs, shaped by `tc netem` (the `netem` emulator) or not at
+    all (the `veth` emulator: for load tests where emulating delay would cost more CPU than what
+    is measured)."""
     steps: list[Step] = []
     for link in plan.links:
         steps.append(Run(("ip", "link", "add", "name", link.a.device, "netns", str(link.a.namespace), "type", "veth",
                           "peer", "name", link.b.device, "netns", str(link.b.namespace))))
-        steps += [_tc(end, "qdisc", "replace", "dev", end.device, "root", *netem_args(link.delay_ms))
-                  for end in (link.a, link.b)]
+        if shaped:
+            steps += [_tc(end, "qdisc", "replace", "dev", end.device, "root", *netem_args(link.delay_ms))
+                      for end in (link.a, link.b)]
     return steps
 
 

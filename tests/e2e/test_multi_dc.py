@@ -170,56 +170,6 @@ async def test_cut_reroutes_through_the_third_dc_and_heal_returns(lab: RunningLa
     assert max(heal_gaps) < max(0.2, 1.5 * quiet), "the return to the direct path interrupted the video"
 
 
-LOAD = Path(__file__).resolve().parent.parent / "support" / "lab_relay_load.py"
-
-
-async def test_two_hundred_relayed_tracks_forced_through_dc3_flow_again_within_a_second(
-        lab: RunningLab, tmp_path: Path) -> None:
-    """The incident the relay design answers: a burst of rerouted sessions must find the transit
-    relay ready (no per-session state, no lookups), not stall it."""
-    tracks, duration = 200, 30.0
-    publisher = lab.popen_in("dc1", [sys.executable, str(LOAD), "publish", lab.nats_url("dc1"), "dc1", "load-pub",
-                                     "--duration", str(duration + 5)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = tmp_path / "load.json"
-    subscriber = lab.popen_in("dc2", [sys.executable, str(LOAD), "subscribe", lab.nats_url("dc2"), "dc2", "dc1",
-                                      "load-pub", "--tracks", str(tracks), "--duration", str(duration),
-                                      "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    cut_at = 0.0
-    try:
-        await asyncio.sleep(15)  # processes start, subscriptions settle, all streams flow
-        await relay_stats(lab, "dc3", reset_worst_lag=True)
-        await asyncio.sleep(3)
-        before = await relay_stats(lab, "dc3", reset_worst_lag=True)  # the machine's own stalls, no transit
-        cut_at = time.monotonic()
-        lab.cut("dc1", "dc2")
-        await asyncio.sleep(3)
-        dc3 = await relay_stats(lab, "dc3", reset_worst_lag=True)
-        route = (await relay_stats(lab, "dc1")).paths.get("dc2")
-        subscriber.wait(timeout=duration + 60)
-    finally:
-        lab.heal("dc1", "dc2")
-        for process in (publisher, subscriber):
-            if process.poll() is None:
-                process.kill()
-    assert out.exists(), subscriber.stdout.read() if subscriber.stdout else ""  # type: ignore[union-attr]
-    report = json.loads(out.read_text())
-    flowing = [t for t, r in report.items() if r["count"] and r["last"] > cut_at + 2]
-    gaps = sorted(max([b - a for a, b in r["silences"] if b > cut_at - 0.2 and a < cut_at + 3] or [0.0])
-                  for r in report.values())
-    print(f"\n{tracks} relayed streams through dc3 ({route}) after the cut: {len(flowing)} flowing, longest "
-          f"silence median {gaps[len(gaps) // 2] * 1000:.0f} ms, max {gaps[-1] * 1000:.0f} ms; dc3 relay worst "
-          f"event-loop lag {dc3.loop_lag_worst_ms:.1f} ms (before the cut, idle: {before.loop_lag_worst_ms:.1f} ms); "
-          f"load average {os.getloadavg()[0]:.1f}")
-    assert route == ["dc1", "dc3", "dc2"]
-    assert len(flowing) == tracks
-    assert gaps[-1] < 1.0
-    # The burst must not stall the transit relay. On a machine so loaded that the idle relay
-    # already stalls (three DCs and the load generators share two cores), the burst may add at
-    # most 50 ms to what the machine does by itself.
-    assert dc3.loop_lag_worst_ms < 50 + max(0.0, before.loop_lag_worst_ms - 10)
-
-
 async def test_one_copy_crosses_the_link_for_ten_subscribers(lab: RunningLab, tmp_path: Path) -> None:
     room = "one-copy"
     publisher = Client(lab, "dc1", "speaker", room, tmp_path / "pub.json", 300, publish=True, size="320x180")

@@ -32,6 +32,12 @@ def test_veth_links_get_netem_delay_on_both_ends() -> None:
     assert "tc -n meshrtc-dc2 qdisc replace dev to-dc1 root netem delay 30ms" in text
 
 
+def test_unshaped_veth_links_have_no_qdisc() -> None:
+    text = _text(veth_link_steps(plan_lab(3), shaped=False))
+    assert "ip link add name to-dc2 netns meshrtc-dc1 type veth peer name to-dc1 netns meshrtc-dc2" in text
+    assert not [line for line in text if line.startswith("tc ")]
+
+
 def test_link_addresses_and_management_links() -> None:
     plan = plan_lab(2, slot=4)
     text = _text(link_address_steps(plan) + management_steps(plan))
