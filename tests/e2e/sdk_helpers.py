@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,10 +19,20 @@ class Received:
     video_sizes: list[tuple[int, int]] = field(default_factory=list)
     audio_frames: int = 0
     audio_peak: int = 0
+    video_times: list[float] = field(default_factory=list)  # time.monotonic() of every decoded frame
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def size(self) -> tuple[int, int] | None:
         return self.video_sizes[-1] if self.video_sizes else None
+
+    def longest_video_gap(self, start: float, end: float | None = None) -> float:
+        return longest_gap(self.video_times, start, time.monotonic() if end is None else end)
+
+
+def longest_gap(times: list[float], start: float, end: float) -> float:
+    """The longest stretch of [start, end] without an event (the window's edges count)."""
+    points = [start, *(t for t in times if start <= t <= end), end]
+    return max(b - a for a, b in itertools.pairwise(points))
 
 
 def count_media(room: rtc.Room, received: Received) -> None:
@@ -29,6 +41,7 @@ def count_media(room: rtc.Room, received: Received) -> None:
     async def read_video(track: rtc.RemoteVideoTrack) -> None:
         async for event in rtc.VideoStream(track):
             received.video_frames += 1
+            received.video_times.append(time.monotonic())
             size = (event.frame.width, event.frame.height)
             if not received.video_sizes or received.video_sizes[-1] != size:
                 received.video_sizes.append(size)

@@ -8,7 +8,6 @@ wall-clock times; the test lines those up with the cuts and heals it makes."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import signal
@@ -26,6 +25,8 @@ from shared.control import NodeStats
 from shared.relay_control import RelayStats, RelayStatsRequest, relay_stats_subject
 from shared.replication import events_stream, replica_stream
 from tests.support.lab import RunningLab, lab_unavailable_reason, running_lab
+
+from .sdk_helpers import longest_gap
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900),
               pytest.mark.skipif(lab_unavailable_reason() is not None, reason=lab_unavailable_reason() or "")]
@@ -97,13 +98,6 @@ async def node_stats(lab: RunningLab, dc: str, node: str) -> NodeStats:
         return NodeStats.decode((await nc.request(f"ctl.media.{node}.stats", b"", timeout=5)).data)
     finally:
         await nc.close()
-
-
-def longest_gap(times: list[float], start: float, end: float) -> float:
-    """The longest time without a frame in [start, end] (window edges count)."""
-    inside = [t for t in times if start <= t <= end]
-    points = [start, *inside, end]
-    return max(b - a for a, b in itertools.pairwise(points))
 
 
 async def test_participants_in_two_dcs_see_each_other_within_a_second(lab: RunningLab, tmp_path: Path) -> None:
