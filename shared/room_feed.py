@@ -99,7 +99,13 @@ class RoomFeed:
             try:
                 if self._sub is None:
                     self._sub = await self._subscribe()
-                msgs = await self._sub.fetch(self.batch, timeout=self.fetch_timeout)
+                # One message first: a batch fetch waits for the whole batch (or its timeout)
+                # once the first message is in, which would hold a live event for up to a second.
+                msgs = await self._sub.fetch(1, timeout=self.fetch_timeout)
+                pending = msgs[-1].metadata.num_pending if msgs else 0
+                if pending:  # a backlog (history on start): these are there already, no wait
+                    with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+                        msgs += await self._sub.fetch(min(self.batch, pending), timeout=self.fetch_timeout)
             except (TimeoutError, nats.errors.TimeoutError):
                 if self._sub is not None and not self.caught_up.is_set():
                     await self._check_caught_up()

@@ -9,6 +9,7 @@ node's part of the room: ParticipantUpdates to local clients, tracks created and
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -138,6 +139,9 @@ class RemoteRoomSync:
                 track = self._add_track(change.participant_sid, change.track_sid)
                 if track is not None:
                     to_subscribe.append(track)
+                    log.info("remote track %s of %s (node %s, %s) known here %d ms after it was published",
+                             track.sid, track.publisher.identity, track.origin_node, track.origin_dc,
+                             int(time.time() * 1000) - env.ts)
             elif change.kind is ChangeKind.TRACK_REMOVED:
                 self._remove_track(change.track_sid)
         for sid in dict.fromkeys(updated):

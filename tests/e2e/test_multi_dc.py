@@ -37,6 +37,7 @@ CLIENT = Path(__file__).resolve().parent.parent / "support" / "lab_client.py"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
     with running_lab(tmp_path_factory.mktemp("multidc"), datacenters=3) as running:
+        time.sleep(5)  # "ready" = every DC answers; its 18 processes are still finishing their start
         yield running
 
 

@@ -4,6 +4,7 @@ DC's events, and nothing lost or repeated across a NATS restart."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from shared.bus import Bus
@@ -49,6 +50,17 @@ async def test_history_then_live_survives_a_nats_restart(tmp_path: Path) -> None
             expected.append(env.id)
         await wait_until(lambda: len(got) == 15, 10, "live events")
 
+        # a single live event is handed over as it arrives, not when a batch fills or times out
+        feed.fetch_timeout = 5.0
+        await asyncio.sleep(0.5)  # the fetch in flight ends; the next one waits up to 5 s
+        env = event("dc1", ROOM, 99)
+        sent_at = time.monotonic()
+        await bus.publish_event(env)
+        expected.append(env.id)
+        await wait_until(lambda: len(got) == 16, 10, "one live event")
+        assert time.monotonic() - sent_at < 1.0
+        feed.fetch_timeout = 0.5
+
         server.stop(remove_store=False)
         await asyncio.sleep(1.0)
         server.start()
@@ -56,7 +68,7 @@ async def test_history_then_live_survives_a_nats_restart(tmp_path: Path) -> None
             env = event("dc1", ROOM, n)
             await bus.publish_event(env, timeout=15)
             expected.append(env.id)
-        await wait_until(lambda: len(got) >= 25, 20, "events after the restart")
+        await wait_until(lambda: len(got) >= 26, 20, "events after the restart")
         await asyncio.sleep(1.5)  # a repeat would show up now
         assert got == expected
 
@@ -67,7 +79,7 @@ async def test_history_then_live_survives_a_nats_restart(tmp_path: Path) -> None
             env = event("dc1", ROOM, n)
             await bus.publish_event(env)
             expected.append(env.id)
-        await wait_until(lambda: len(got) >= 30, 20, "events after the consumer was lost")
+        await wait_until(lambda: len(got) >= 31, 20, "events after the consumer was lost")
         await asyncio.sleep(1.5)
         assert got == expected
         assert feed.resubscribes >= 1
