@@ -99,8 +99,8 @@ class RoomFeed:
             try:
                 if self._sub is None:
                     self._sub = await self._subscribe()
-                # One message first: a batch fetch waits for the whole batch (or its timeout)
-                # once the first message is in, which would hold a live event for up to a second.
+                # One message first, so a live event never waits on a batch that is not there;
+                # then, without waiting, whatever backlog the server reports (history at start).
                 msgs = await self._sub.fetch(1, timeout=self.fetch_timeout)
                 pending = msgs[-1].metadata.num_pending if msgs else 0
                 if pending:  # a backlog (history on start): these are there already, no wait
