@@ -124,6 +124,11 @@ class SessionOpened(ControlMessage):
     resumed: bool = False
 
 
+# On an empty message to `sess.<node>.<sid>.up`: the signal instance lost the bus and is back;
+# the frames it held meanwhile went before this one. The node resends the room state.
+RESYNC_HEADER = "Meshrtc-Resync"
+
+
 class CloseSession(ControlMessage):
     """signal -> media: the client's WebSocket is gone (or the client left)."""
 
@@ -151,6 +156,17 @@ class SessionResumed(ControlMessage):
     ok: bool
     node_id: str = ""
     error: str = ""
+
+
+class ResumableQuery(ControlMessage):
+    """signal -> media node (`ctl.media.<node>.resumable`): a signal instance is shutting down
+    and asks which of its clients' sessions a resume through another instance would find."""
+
+    sessions: dict[str, str] = {}  # participant sid -> connection_id of the asking WebSocket
+
+
+class ResumableAnswer(ControlMessage):
+    resumable: list[str] = []  # sids the node holds for that connection and could resume now
 
 
 class Ack(ControlMessage):

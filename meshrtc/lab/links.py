@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from meshrtc.lab import netns, steps
 from meshrtc.lab.state import LabState, LinkShape, StateDir
 from meshrtc.lab.topology import LabPlan, Link
+
+WIRE_APPLY_TIMEOUT = 2.0  # seconds
 
 
 def set_up(links: list[Link], up: bool) -> None:
@@ -47,8 +50,22 @@ def degrade(plan: LabPlan, state: LabState, state_dir: StateDir, a: str, b: str,
     if state.emulator == "netem":
         netns.apply_all(steps.netem_steps(link, new.delay_ms, new.loss_percent))
     shapes[link.name] = new
-    state_dir.save_links(shapes)  # the wire emulator picks the change up within 0.1 s
+    state_dir.save_links(shapes)
+    if state.emulator == "wire":
+        wait_until_applied(state_dir)
     return new
+
+
+def wait_until_applied(state_dir: StateDir, timeout: float = WIRE_APPLY_TIMEOUT) -> None:
+    """The wire emulator rereads the link table every 0.1 s; a degrade that returned before it
+    did would let the caller's next packets cross with the old shape."""
+    version = state_dir.links_version()
+    deadline = time.monotonic() + timeout
+    while state_dir.wire_applied_version() < version:
+        if time.monotonic() > deadline:
+            raise netns.LabNetworkError(f"the wire emulator did not apply the new link shape within {timeout:.0f} s "
+                                        f"(is it running? see {state_dir.path / 'wire.log'})")
+        time.sleep(0.01)
 
 
 @dataclass(frozen=True)

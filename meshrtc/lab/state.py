@@ -70,6 +70,23 @@ class StateDir:
     def wire_ready_file(self) -> Path:
         return self.path / "wire.ready"
 
+    @property
+    def wire_applied_file(self) -> Path:
+        """The version (mtime_ns) of links.json the wire emulator runs with."""
+        return self.path / "wire.applied"
+
+    def links_version(self) -> int:
+        return self.links_file.stat().st_mtime_ns
+
+    def save_wire_applied(self, version: int) -> None:
+        _write_atomically(self.wire_applied_file, str(version))
+
+    def wire_applied_version(self) -> int:
+        try:
+            return int(self.wire_applied_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
+
     def dc_dir(self, dc: str) -> Path:
         return self.path / dc
 
@@ -120,7 +137,7 @@ class StateDir:
     def remove(self) -> None:
         """Only what the lab wrote: --state-dir may point at a directory that holds other things."""
         for path in (self.state_file, self.links_file, self.wire_ready_file, self.wire_stats_file,
-                     self.path / "wire.log"):
+                     self.wire_applied_file, self.path / "wire.log"):
             path.unlink(missing_ok=True)
         for dc_dir in self.path.glob("dc[0-9]*"):
             shutil.rmtree(dc_dir, ignore_errors=True)

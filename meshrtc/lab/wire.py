@@ -74,7 +74,7 @@ class Wire:
         self.state_dir = state_dir
         self.links: list[EmulatedLink] = []
         self._by_fd: dict[int, tuple[EmulatedLink, Direction, int]] = {}
-        self._links_mtime = 0.0
+        self._links_version = 0
         self._running = True
 
     def create_devices(self) -> None:
@@ -94,16 +94,18 @@ class Wire:
 
     def reload_shapes(self) -> None:
         try:
-            mtime = self.state_dir.links_file.stat().st_mtime
+            version = self.state_dir.links_version()
         except FileNotFoundError:
             return
-        if mtime == self._links_mtime:
+        if version == self._links_version:
             return
-        self._links_mtime = mtime
+        self._links_version = version
         shapes = self.state_dir.load_links()
         for link in self.links:
             if link.name in shapes:
                 link.shape = shapes[link.name].shape()
+        # `meshrtc lab degrade` returns once it reads this: frames sent after it see the new shape.
+        self.state_dir.save_wire_applied(version)
 
     def write_stats(self) -> None:
         """Per link and direction frame counters, for `meshrtc lab status` (loss made vs configured)."""

@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from shared.bus import BusUnavailable
 from shared.config import Settings
 from shared.control import (
+    RESYNC_HEADER,
     Ack,
     CloseSession,
     CommandResult,
@@ -24,6 +25,8 @@ from shared.control import (
     MediaCommand,
     NodeStats,
     OpenSession,
+    ResumableAnswer,
+    ResumableQuery,
     ResumeSession,
     SessionOpened,
     SessionResumed,
@@ -70,7 +73,7 @@ from .commands import CommandError, apply_command
 from .relay_link import RelayLink
 from .remote import RemoteRoomSync, RemoteTrack
 from .room import NodeRoom
-from .session import Session
+from .session import RESYNC_FRAME, Session
 from .track import PublishedTrack
 from .webrtc import ice
 from .webrtc.peer import MediaPeer
@@ -108,6 +111,7 @@ class MediaNode(Service):
                       port_min=self.settings.rtc_port_min, port_max=self.settings.rtc_port_max)
         await self.bus.serve(media_node_subject(self.node_id, "open"), self._on_open)
         await self.bus.serve(media_node_subject(self.node_id, "close"), self._on_close)
+        await self.bus.serve(media_node_subject(self.node_id, "resumable"), self._on_resumable)
         await self.bus.serve(media_node_subject(self.node_id, "stats"), self._on_stats)
         await self.bus.serve(media_node_subject(self.node_id, "ping"), self._on_ping)
         await self.bus.serve(media_node_subject(self.node_id, "drain"), self._on_drain)
@@ -256,6 +260,16 @@ class MediaNode(Service):
         else:
             await session.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=False)
         return Ack().encode()
+
+    async def _on_resumable(self, data: bytes) -> bytes:
+        """A signal instance is shutting down: which of its clients would a resume find here?
+        Only sessions still served by the asking WebSocket count (one that already resumed
+        elsewhere is not that instance's to hand over)."""
+        query = ResumableQuery.decode(data)
+        resumable = [sid for sid, connection_id in query.sessions.items()
+                     if (session := self.sessions.get(sid)) is not None and session.can_resume
+                     and session.connection_id == connection_id]
+        return ResumableAnswer(resumable=resumable).encode()
 
     async def _on_resume(self, msg: object) -> None:
         """Only the node holding the session answers; the others stay silent, so the signal's
@@ -453,8 +467,14 @@ class MediaNode(Service):
         subject: str = msg.subject  # type: ignore[attr-defined]
         sid = subject.split(".")[2]
         session = self.sessions.get(sid)
-        if session is not None:
-            session.enqueue(msg.data)  # type: ignore[attr-defined]
+        if session is None:
+            return
+        headers = getattr(msg, "headers", None) or {}
+        if RESYNC_HEADER in headers:
+            if headers[RESYNC_HEADER] == session.connection_id:
+                session.enqueue(RESYNC_FRAME)
+            return
+        session.enqueue(msg.data)  # type: ignore[attr-defined]
 
     async def send_to_client(self, sid: str, data: bytes, close_reason: str | None, connection_id: str = "") -> None:
         assert self.bus

@@ -86,9 +86,12 @@ class Detachment:
 
 def catch_up_update(current: list[models.ParticipantInfo], departed: dict[str, models.ParticipantInfo]) \
         -> rtc.SignalResponse:
-    """One ParticipantUpdate with everyone as they are now and who left while detached."""
-    present = {info.sid for info in current}
-    participants = list(current) + [info for sid, info in departed.items() if sid not in present]
+    """One ParticipantUpdate with everyone as they are now and who left while detached. A
+    departure of an identity that is present again is left out: livekit-client keys participants
+    by identity, so it would remove the one who came back."""
+    present = {info.sid for info in current} | {info.identity for info in current}
+    participants = list(current) + [info for sid, info in departed.items()
+                                    if sid not in present and info.identity not in present]
     return rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=participants))
 
 

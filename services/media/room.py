@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING
 
 from livekit.protocol import models, rtc
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from .session import Session
     from .track import PublishedTrack
 
+RECENT_DEPARTURES = 256
+
 
 class NodeRoom:
     def __init__(self, spec: RoomSpec) -> None:
@@ -28,6 +31,9 @@ class NodeRoom:
         self.speakers = SpeakerDetector()
         self.remote: RemoteRoomSync | None = None  # participants on other nodes, once the room feed runs
         self.data_subscription: Subscription | None = None  # data packets from the room's other nodes
+        # The last departures told to the room, for a client whose signal frames may have been
+        # lost in a bus outage (Session.resync); bounded, and harmless when the client knew.
+        self.departures: deque[models.ParticipantInfo] = deque(maxlen=RECENT_DEPARTURES)
 
     @property
     def name(self) -> str:
@@ -69,7 +75,14 @@ class NodeRoom:
         """Tells everyone (the participant itself included, unless excluded) of a change."""
         if hidden:
             return
+        if info.state == models.ParticipantInfo.State.DISCONNECTED:
+            gone = models.ParticipantInfo()
+            gone.CopyFrom(info)
+            self.departures.append(gone)
         self.broadcast(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[info])), exclude)
+
+    def recent_departures(self) -> dict[str, models.ParticipantInfo]:
+        return {info.sid: info for info in self.departures}
 
     def update_speakers(self) -> None:
         levels: dict[str, float] = {}

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 PC_DEADLINE = 10.0  # seconds any single PeerConnection operation may take
 ICE_DEADLINE = 20.0  # a session whose transports never connect is released
 OFFER_COALESCE = 0.1  # seconds a subscriber offer waits for more subscription changes
+RESYNC_FRAME = b""  # queued in order with the client's frames (signal never forwards an empty one)
 SOURCE_NAMES = {models.TrackSource.CAMERA: "camera", models.TrackSource.MICROPHONE: "microphone",
                 models.TrackSource.SCREEN_SHARE: "screen_share",
                 models.TrackSource.SCREEN_SHARE_AUDIO: "screen_share_audio"}
@@ -94,6 +95,7 @@ class Session:
         self._tasks: set[asyncio.Task[object]] = set()
         self._offer_id = 0
         self._negotiating = False  # an offer is being built or waits for its answer
+        self._outstanding_offer: rtc.SignalResponse | None = None  # sent, not answered yet
         self._changes = 0  # subscription changes requested so far ...
         self._offered = 0  # ... and how many of them the last offer covers
         self._subscribe_existing = False
@@ -286,6 +288,9 @@ class Session:
     async def handle_frame(self, data: bytes) -> None:
         if self.closed:
             return
+        if data == RESYNC_FRAME:
+            self.resync()
+            return
         try:
             request = rtc.SignalRequest.FromString(data)
         except DecodeError:
@@ -303,7 +308,17 @@ class Session:
         self._publish_from_sdp()
 
     async def _on_answer(self, request: rtc.SignalRequest) -> None:
+        outstanding = self._outstanding_offer
+        answer_id = request.answer.id
+        if outstanding is None or answer_id not in (0, outstanding.offer.id):
+            # A second answer to an offer already answered (e.g. one we sent again after a bus
+            # outage, in case it was lost), or an answer to an older offer (JS echoes offer ids,
+            # the Rust core sends 0): applying it would fail and close a healthy session.
+            log.info("session %s: answer %d ignored (offer outstanding: %s)", self.sid, answer_id,
+                     outstanding.offer.id if outstanding else "none")
+            return
         await asyncio.wait_for(self.subscriber.accept_answer(request.answer.sdp), PC_DEADLINE)
+        self._outstanding_offer = None
         self._negotiating = False
         if not self._first_answered:
             self._first_answered = True
@@ -512,15 +527,31 @@ class Session:
         self.signal_node = request.signal_node
         region = self.node.settings.region or self.node.settings.dc
         self.send(protocol.reconnect_response(self.node.node_id, region, self.data_state.last_reliable_seq))
-        current = [s.info for s in self.room.visible_sessions(exclude=self.sid)] + self.room.remote_infos()
-        current.append(self.info)
-        self.send(catch_up_update(current, detachment.departed if detachment else {}))
-        self.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.room.proto())))
+        self._send_room_state(detachment.departed if detachment else {})
         # An offer sent while detached was lost: this one replaces it.
         self._negotiating = False
+        self._outstanding_offer = None
         self.spawn(self.negotiate_subscriber(ice_restart=True), "subscriber-ice-restart")
         log.info("session %s resumed (reason %d, %d frame(s) missed)", self.sid, request.reconnect_reason,
                  detachment.dropped_frames if detachment else 0)
+
+    def _send_room_state(self, departed: dict[str, models.ParticipantInfo]) -> None:
+        """Everyone as they are now (and who left, as far as the client may not know), then the room."""
+        current = [s.info for s in self.room.visible_sessions(exclude=self.sid)] + self.room.remote_infos()
+        current.append(self.info)
+        self.send(catch_up_update(current, departed))
+        self.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.room.proto())))
+
+    def resync(self) -> None:
+        """The bus between this node and the client's signal instance was away: frames sent to
+        the client meanwhile may be lost (core NATS keeps nothing for a subscriber that is not
+        back yet). Bring it up to date from state, as after a resume; its transports never left."""
+        self._send_room_state(self.room.recent_departures())
+        if self._outstanding_offer is not None:
+            # Still unanswered: it may have been lost with the bus. Sent again as it was; if the
+            # client had it after all, its second answer is ignored (_on_answer).
+            self.send(self._outstanding_offer)
+        log.info("session %s resynchronised after a bus outage", self.sid)
 
     async def _on_sync_state(self, request: rtc.SignalRequest) -> None:
         """The client's view after a resume: its subscription choices are applied again, and
@@ -654,7 +685,9 @@ class Session:
         self._offered = self._changes
         offer_sdp = await asyncio.wait_for(self.subscriber.create_offer(ice_restart=ice_restart), PC_DEADLINE)
         self._offer_id += 1
-        self.send(rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=offer_sdp, id=self._offer_id)))
+        offer = rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=offer_sdp, id=self._offer_id))
+        self._outstanding_offer = offer
+        self.send(offer)
 
     # ---- data -----------------------------------------------------------------------------
     def _on_data(self, label: str, data: bytes) -> None:

@@ -119,7 +119,8 @@ class RoomService(Service):
         except ValueError:
             return
         if isinstance(env.payload, NodeHeartbeat):
-            self.placement.heartbeat(env.payload, time.time())
+            if self.placement.heartbeat(env.payload, time.time()):
+                log.info("media node %s is up: placing participants on it", env.payload.node_id)
             self._down_reported.discard(env.payload.node_id)
 
     async def _on_join(self, data: bytes) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -20,6 +21,16 @@ from .rtc import RtcEndpoint
 log = logging.getLogger(__name__)
 
 MAX_FRAME = 1 << 20  # a SignalRequest larger than 1 MiB is refused (WebSocket close 1009)
+HANDOVER_WAIT = 5.0  # seconds clients get on shutdown to leave by themselves (they resume within ~1 s)
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own SIGTERM/SIGINT handling: it would close every WebSocket (1012)
+    at once, before the service has handed its clients over (SignalService.on_stop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class SignalService(Service):
@@ -29,7 +40,7 @@ class SignalService(Service):
         super().__init__(settings)
         settings.require_api_keys()
         self.verifier = TokenVerifier(settings.api_keys)
-        self._server: uvicorn.Server | None = None
+        self._server: _HttpServer | None = None
         self._server_task: asyncio.Task[None] | None = None
         self.rtc: RtcEndpoint
 
@@ -46,14 +57,15 @@ class SignalService(Service):
         assert self.bus
         logging.getLogger("uvicorn.error").addFilter(DenialNoiseFilter())
         self.rtc = RtcEndpoint(self.bus, self.verifier, self.settings.dc, self.node_id, self.settings.api_keys)
+        self.bus.on_disconnect(self.rtc.uplinks.bus_lost)
+        self.bus.on_reconnect(self.rtc.uplinks.bus_back)
         await self.bus.subscribe(f"events.{self.settings.dc}.node.down.>", self._on_node_down)
         config = uvicorn.Config(
             build_app(self), host=self.settings.http_host, port=self.settings.http_port, log_level="warning",
             ws="websockets-sansio", ws_max_size=MAX_FRAME, ws_ping_interval=10, ws_ping_timeout=20,
             lifespan="off", access_log=False,
         )
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._server = _HttpServer(config)
         self._server_task = asyncio.create_task(self._server.serve(), name="signal-http")
         while not self._server.started:
             if self._server_task.done():
@@ -74,6 +86,13 @@ class SignalService(Service):
 
     async def on_stop(self) -> None:
         if self._server:
+            # Listening stops first, so the clients' resumes reach another instance.
+            for server in self._server.servers:
+                server.close()
+            try:
+                await self.rtc.hand_over(HANDOVER_WAIT)
+            except Exception:  # the bus may be gone too: the server must stop all the same
+                log.exception("handing clients over failed; closing their WebSockets")
             self._server.should_exit = True
         if self._server_task:
             with contextlib.suppress(Exception):

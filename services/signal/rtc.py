@@ -23,7 +23,16 @@ from livekit.protocol import models, rtc
 
 from shared.auth import Claims, TokenVerifier, mint_token
 from shared.bus import Bus, BusTimeout, RemoteError, Subscription
-from shared.control import CloseSession, ControlDecodeError, OpenSession, ResumeSession, SessionOpened, SessionResumed
+from shared.control import (
+    CloseSession,
+    ControlDecodeError,
+    OpenSession,
+    ResumableAnswer,
+    ResumableQuery,
+    ResumeSession,
+    SessionOpened,
+    SessionResumed,
+)
 from shared.subjects import (
     media_node_subject,
     session_resume_subject,
@@ -33,7 +42,9 @@ from shared.subjects import (
 
 from .admission import HttpError, admit, authenticate, check_join_grants
 from .denial import deny
+from .handover import BridgeRef, Handover, plan, queries_by_node, shutdown_leave
 from .params import ConnectParams, ParamError, parse_connect_params
+from .uplink import UpLinks
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,15 @@ RESUME_TIMEOUT = 3.0  # seconds to find the node holding a session (clients wait
 REFRESH_EVERY = 300.0  # seconds between refreshed tokens, as LiveKit does
 REFRESH_TTL = timedelta(hours=6)
 DOWN_QUEUE = 4096  # frames buffered per client before the slowest client is cut loose
+RESUMABLE_TIMEOUT = 1.0  # seconds a media node has to say which sessions could resume
+
+
+@dataclass
+class Bridge:
+    node_id: str
+    connection_id: str
+    down: asyncio.Queue[tuple[bytes, str | None]]
+    sdk: str = ""
 
 
 @dataclass
@@ -64,8 +84,8 @@ class RtcEndpoint:
         self.dc = dc
         self.node_id = node_id
         self.counters = SignalCounters()
-        # live bridges: participant sid -> (media node, the queue of frames to its client)
-        self.bridges: dict[str, tuple[str, asyncio.Queue[tuple[bytes, str | None]]]] = {}
+        self.bridges: dict[str, Bridge] = {}  # live ones, by participant sid
+        self.uplinks = UpLinks(bus)  # held while the bus is away (the service wires its hooks)
 
     def media_node_down(self, node_id: str) -> int:
         """The node hosting these sessions is gone: their clients rejoin in full, and the room
@@ -74,11 +94,55 @@ class RtcEndpoint:
             can_reconnect=True, reason=models.DisconnectReason.MIGRATION,
             action=rtc.LeaveRequest.Action.RECONNECT)).SerializeToString()
         told = 0
-        for node, queue in list(self.bridges.values()):
-            if node == node_id:
-                queue.put_nowait((leave, "node_down"))
+        for bridge in list(self.bridges.values()):
+            if bridge.node_id == node_id:
+                bridge.down.put_nowait((leave, "node_down"))
                 told += 1
         return told
+
+    async def hand_over(self, wait: float) -> Handover:
+        """This instance is shutting down (it no longer accepts connections): tell every client
+        how to come back (handover.py), then give them up to `wait` seconds to close their
+        WebSockets.
+
+        After a leave the WebSocket is left for the client to close: a close right behind the
+        leave reaches the Rust core as a second failure, which turns its resume into a full
+        rejoin (livekit-protocol.md §3.1). A client that closes the old WebSocket only after
+        resuming elsewhere is harmless: the node ignores CloseSession from a connection the
+        session has left."""
+        refs = [BridgeRef(sid, bridge.node_id, bridge.connection_id, bridge.sdk)
+                for sid, bridge in self.bridges.items()]
+        answers = await asyncio.gather(*(self._resumable(node, sessions)
+                                         for node, sessions in queries_by_node(refs).items()))
+        handover = plan(refs, set().union(*answers))
+        messages = [(handover.resume, shutdown_leave(True).SerializeToString(), None),
+                    (handover.reconnect, shutdown_leave(False).SerializeToString(), None),
+                    (handover.close, b"", "shutdown")]
+        for sids, frame, close_reason in messages:
+            for sid in sids:
+                bridge = self.bridges.get(sid)
+                if bridge is not None:
+                    with contextlib.suppress(asyncio.QueueFull):
+                        bridge.down.put_nowait((frame, close_reason))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while self.bridges and loop.time() - started < wait:
+            await asyncio.sleep(0.05)
+        log.info("shutting down: %d client(s) told to resume, %d closed to resume (Rust core), %d told to rejoin; "
+                 "%d still connected after %.1f s", len(handover.resume), len(handover.close),
+                 len(handover.reconnect), len(self.bridges), loop.time() - started)
+        return handover
+
+    async def _resumable(self, node_id: str, sessions: dict[str, str]) -> set[str]:
+        """The sessions the node would resume; none when it cannot be asked (a node that does
+        not answer could not resume them either)."""
+        try:
+            raw = await self.bus.request(media_node_subject(node_id, "resumable"),
+                                         ResumableQuery(sessions=sessions).encode(), timeout=RESUMABLE_TIMEOUT)
+            return set(ResumableAnswer.decode(raw).resumable) & set(sessions)
+        except (BusTimeout, RemoteError, ControlDecodeError) as exc:
+            log.warning("media node %s did not say which sessions can resume (%r): they rejoin", node_id, exc)
+            return set()
 
     # ---- validation shared by /rtc and /rtc/validate --------------------------------------
     def validate(self, authorization: str | None, query: dict[str, str], user_agent: str) -> ConnectParams:
@@ -143,7 +207,8 @@ class RtcEndpoint:
             return
 
         await ws.accept()
-        await self._bridge(ws, participant_sid, admission.node_id, connection_id, down, subscription, claims)
+        await self._bridge(ws, participant_sid, admission.node_id, connection_id, down, subscription, claims,
+                           params.client.sdk)
 
     async def _resume(self, ws: WebSocket, params: ConnectParams, claims: Claims) -> None:
         """`reconnect=1&sid=...`: re-attach the session the media node kept after the client's
@@ -186,7 +251,8 @@ class RtcEndpoint:
                 await ws.close()
             return
         self.counters.resumed += 1
-        await self._bridge(ws, sid, resumed.node_id, connection_id, down, subscription, claims)
+        log.info("session %s resumed through this instance (node %s)", sid, resumed.node_id)
+        await self._bridge(ws, sid, resumed.node_id, connection_id, down, subscription, claims, params.client.sdk)
 
     def _down_handler(self, participant_sid: str, connection_id: str,
                       down: asyncio.Queue[tuple[bytes, str | None]]) -> Callable[[object], Awaitable[None]]:
@@ -207,16 +273,16 @@ class RtcEndpoint:
 
     async def _bridge(self, ws: WebSocket, participant_sid: str, node_id: str, connection_id: str,
                       down: asyncio.Queue[tuple[bytes, str | None]], subscription: Subscription,
-                      claims: Claims) -> None:
+                      claims: Claims, sdk: str = "") -> None:
         """Moves frames until either side ends, then tells the node (which keeps the session
         for a resume unless the client left on purpose)."""
         self.counters.sessions += 1
-        self.bridges[participant_sid] = (node_id, down)
-        up_subject = session_to_node_subject(node_id, participant_sid)
+        self.bridges[participant_sid] = Bridge(node_id, connection_id, down, sdk)
+        self.uplinks.open(connection_id, node_id, session_to_node_subject(node_id, participant_sid))
         graceful = False
         sender = asyncio.create_task(self._pump_down(ws, down, claims), name=f"ws-down-{participant_sid}")
         try:
-            graceful = await self._pump_up(ws, up_subject, sender)
+            graceful = await self._pump_up(ws, connection_id, sender)
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -224,13 +290,13 @@ class RtcEndpoint:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
             self.counters.sessions -= 1
-            if self.bridges.get(participant_sid, (None, None))[1] is down:
+            bridge = self.bridges.get(participant_sid)
+            if bridge is not None and bridge.down is down:
                 del self.bridges[participant_sid]
             close = CloseSession(participant_sid=participant_sid, graceful=graceful,
                                  reason="client_leave" if graceful else "signal_closed",
                                  connection_id=connection_id)
-            with contextlib.suppress(Exception):
-                await self.bus.request(media_node_subject(node_id, "close"), close.encode(), timeout=2.0)
+            await self.uplinks.close(connection_id, close)
             with contextlib.suppress(Exception):
                 await ws.close()
 
@@ -261,7 +327,7 @@ class RtcEndpoint:
                 await ws.send_bytes(frame)
                 next_refresh = now + REFRESH_EVERY
 
-    async def _pump_up(self, ws: WebSocket, up_subject: str, sender: asyncio.Task[None]) -> bool:
+    async def _pump_up(self, ws: WebSocket, connection_id: str, sender: asyncio.Task[None]) -> bool:
         """Returns True when the client left on purpose (sent `leave`)."""
         receive = asyncio.ensure_future(ws.receive())
         try:
@@ -294,7 +360,7 @@ class RtcEndpoint:
                     self.counters.malformed_frames += 1  # unknown case from a newer client: ignore
                     continue
                 self.counters.frames_up += 1
-                await self.bus.publish(up_subject, data)
+                await self.uplinks.forward(connection_id, data)
                 if kind == "leave":
                     return True
         except WebSocketDisconnect:

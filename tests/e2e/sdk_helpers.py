@@ -35,8 +35,8 @@ def longest_gap(times: list[float], start: float, end: float) -> float:
     return max(b - a for a, b in itertools.pairwise(points))
 
 
-def count_media(room: rtc.Room, received: Received) -> None:
-    """Counts decoded frames of every track the room subscribes to."""
+def count_media(room: rtc.Room, received: Received, audio: bool = True) -> None:
+    """Counts decoded frames of every track the room subscribes to (video only without `audio`)."""
 
     async def read_video(track: rtc.RemoteVideoTrack) -> None:
         async for event in rtc.VideoStream(track):
@@ -58,7 +58,7 @@ def count_media(room: rtc.Room, received: Received) -> None:
                       participant: rtc.RemoteParticipant) -> None:
         if isinstance(track, rtc.RemoteVideoTrack):
             received.tasks.append(asyncio.ensure_future(read_video(track)))
-        elif isinstance(track, rtc.RemoteAudioTrack):
+        elif audio and isinstance(track, rtc.RemoteAudioTrack):
             received.tasks.append(asyncio.ensure_future(read_audio(track)))
 
 
@@ -103,16 +103,68 @@ async def publish_synthetic(room: rtc.Room, width: int = 1280, height: int = 720
         await room.local_participant.publish_track(
             publisher.audio, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
 
+        # 440 Hz fits 22 whole periods into five 10 ms frames: computed once, the loop only slices.
+        # (Twenty publishers in one process would otherwise spend a core on numpy alone.)
+        t = np.arange(5 * 480)
+        wave = (np.sin(2 * np.pi * 440 * t / 48000) * 12000).astype(np.int16).tobytes()
+        chunks = [wave[i * 960:(i + 1) * 960] for i in range(5)]
+
         async def tone() -> None:
-            position = 0
+            index = 0
             while True:
-                t = np.arange(480) + position
-                samples = (np.sin(2 * np.pi * 440 * t / 48000) * 12000).astype(np.int16)
-                await audio_source.capture_frame(rtc.AudioFrame(samples.tobytes(), 48000, 1, 480))
-                position += 480
+                await audio_source.capture_frame(rtc.AudioFrame(chunks[index % 5], 48000, 1, 480))
+                index += 1
 
         publisher.tasks.append(asyncio.ensure_future(tone()))
     return publisher
+
+
+def record_connection_events(rooms: dict[str, rtc.Room]) -> dict[str, list[str]]:
+    """Each room's reconnecting / reconnected / disconnected events, in order, by name."""
+    events: dict[str, list[str]] = {name: [] for name in rooms}
+    for name, room in rooms.items():
+        for kind in ("reconnecting", "reconnected", "disconnected"):
+            room.on(kind, lambda *_, name=name, kind=kind: events[name].append(kind))
+    return events
+
+
+class ReliableDataLoop:
+    """Numbered reliable messages from `room` every `interval` until stopped; `sent` keeps
+    them in order, to hold against what a receiver got (`delivery_problem`)."""
+
+    def __init__(self, room: rtc.Room, topic: str, interval: float = 0.05) -> None:
+        self.sent: list[bytes] = []
+        self._stopping = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run(room, topic, interval))
+
+    async def _run(self, room: rtc.Room, topic: str, interval: float) -> None:
+        index = 0
+        while not self._stopping.is_set():
+            payload = f"msg-{index}".encode()
+            await room.local_participant.publish_data(payload, reliable=True, topic=topic)
+            self.sent.append(payload)
+            index += 1
+            await asyncio.sleep(interval)
+
+    async def stop(self, timeout: float = 10) -> None:
+        """Ends after the message being sent, if any (so `sent` holds only what was published)."""
+        self._stopping.set()
+        await asyncio.wait_for(self._task, timeout)
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+
+def delivery_problem(sent: list[bytes], received: list[bytes]) -> str | None:
+    """What is wrong with a reliable delivery that should be each message once, in order."""
+    if duplicates := sorted({m for m in received if received.count(m) > 1}):
+        return f"data delivered twice: {duplicates[:5]}"
+    got = set(received)
+    if missing := [m for m in sent if m not in got]:
+        return f"{len(missing)} data packets lost, e.g. {missing[:5]}"
+    if received != sent:
+        return "data reordered (or received but never sent)"
+    return None
 
 
 async def wait_for(predicate: object, timeout: float, interval: float = 0.05) -> bool:

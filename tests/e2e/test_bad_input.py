@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import time
 import warnings
 from collections.abc import AsyncIterator
@@ -354,6 +355,36 @@ async def test_offer_with_only_unsupported_codecs(dev_server: DevServer, watch: 
             assert reply.answer.id == 1
         await watch.assert_serving("offer with only AV1/H265")
     finally:
+        await client.close()
+
+
+async def test_repeated_answer_is_ignored(dev_server: DevServer, watch: Watch) -> None:
+    """The client answers the subscriber offer twice (the server sends an unanswered offer again
+    after a bus outage, and a client that had it answers again): the second answer is dropped,
+    not applied to a stable PeerConnection or to the next offer (here the one adding the room's
+    audio track, sent as soon as the first answer arrives), which would fail and close a healthy
+    session."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    client = await RawClient.connect(dev_server, "raw-twice")
+    pc = RTCPeerConnection()
+    try:
+        offer = await client.wait_for_kind({"offer"}, 15)
+        assert offer is not None, "no subscriber offer"
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.offer.sdp, type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        answer = proto.SignalRequest(answer=proto.SessionDescription(
+            type="answer", sdp=pc.localDescription.sdp, id=offer.offer.id))
+        await client.send(answer)
+        await asyncio.sleep(0.5)
+        await client.send(answer)
+        await asyncio.sleep(1)
+        assert await client.is_served(), f"signal connection closed ({client.close_code})"
+        assert await on_node(dev_server, "raw-twice"), "the session was closed by the second answer"
+        assert re.search(rf"answer {offer.offer.id} ignored \(offer outstanding: (none|\d+)\)", dev_server.log())
+        await watch.assert_serving("answer sent twice")
+    finally:
+        await pc.close()
         await client.close()
 
 

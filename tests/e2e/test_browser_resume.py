@@ -1,14 +1,15 @@
 """livekit-client 2.23 in headless Chromium resumes after the signal instance serving it is
-SIGKILLed: two signal instances behind one failover front (tests/e2e/front.py), the browser
-publishes its fake camera and sends reliable data; a Python participant watches. The browser
-keeps its participant sid (no full rejoin) and no data message arrives twice.
+SIGKILLed, or SIGTERMed (then the instance tells it `leave{RESUME}` and the browser closes the
+old WebSocket itself: test_signal_shutdown.py): two signal instances behind one failover front
+(tests/e2e/front.py), the browser publishes its fake camera and sends reliable data; a Python
+participant watches. The browser keeps its participant sid (no full rejoin) and no data
+message arrives twice.
 
-Known gap (docs/resume.md): the issue's 200 ms video-gap target and exactly-once data are met
-by the Python SDK (test_resume.py) but not reliably by Chromium yet: around Chrome's publisher
-ICE restart the watcher's worst gap was 96-673 ms in five runs (up to 6 s before the replaced
-ICE connection was kept receiving for a while), and one of those runs lost one data message. So
-this test holds the bounds we meet every time (gap < 1 s, at most one message missing) and
-prints the figures; tighten them when that is fixed. Harness: test_browser.py.
+The watcher (a Python SDK client behind the same front) resumes too. Its worst video gap must
+stay under the issue's 200 ms, or under 1.5x the worst gap it saw in the seconds before the kill
+when that is larger: Chromium's fake camera already shows ~100 ms gaps on a quiet machine, and on
+a loaded one any gap grows whatever the resume does (as in tests/e2e/test_multi_dc.py's heal).
+Every data message sent across the drop must arrive exactly once, in order. Harness: test_browser.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -26,10 +28,12 @@ from livekit import rtc
 
 from .conftest import DevServer, start_dev_server, stop_dev_server
 from .front import TcpFront, start_second_signal
+from .sdk_helpers import Received, count_media
 from .test_browser import JS_LOG_LEVEL, bundle, chromium, page_url  # noqa: F401 - fixtures
 from .test_resume import child_pid
+from .test_signal_shutdown import handover_lines, signal_serving
 
-BROWSER_MAX_VIDEO_GAP = 1.0  # seconds; the target is 0.2 (see the module docstring)
+MAX_VIDEO_GAP = 0.200  # seconds (issue #8)
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.timeout(240),
               pytest.mark.filterwarnings("ignore:.*HMAC key.*")]
@@ -50,26 +54,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevServer
         stop_dev_server(dev)
 
 
-async def test_browser_resumes_after_signal_killed(page_url: str, server: tuple[DevServer, int]) -> None:  # noqa: F811
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+async def test_browser_resumes_after_signal_stopped(page_url: str, server: tuple[DevServer, int],  # noqa: F811
+                                                    stop: signal.Signals) -> None:
     dev, second_port = server
+    pid = await signal_serving(dev)  # the previous case's instance is restarted by `meshrtc dev`
+    handovers = len(handover_lines(dev))
     front = TcpFront([int(dev.url.rsplit(":", 1)[1]), second_port])
     await front.start()
     watcher = rtc.Room()
-    frames: list[float] = []
-    readers: list[asyncio.Task[None]] = []
+    media = Received()
+    count_media(watcher, media, audio=False)
+    frames = media.video_times
     received: list[str] = []
     left: list[str] = []
     watcher.on("data_received", lambda packet: received.append(packet.data.decode()))
     watcher.on("participant_disconnected", lambda p: left.append(p.identity))
-
-    @watcher.on("track_subscribed")
-    def on_track(track: rtc.Track, *_: object) -> None:
-        async def read() -> None:
-            async for _ in rtc.VideoStream(track):
-                frames.append(time.monotonic())
-
-        if isinstance(track, rtc.RemoteVideoTrack):
-            readers.append(asyncio.ensure_future(read()))
 
     try:
         await watcher.connect(front.url, dev.token("watcher", "browser-resume"))
@@ -86,7 +86,7 @@ async def test_browser_resumes_after_signal_killed(page_url: str, server: tuple[
                 await browser.call("() => window.lk.startDataLoop('b', 50)")
                 await asyncio.sleep(1)
                 killed_at = time.monotonic()
-                os.kill(child_pid(dev, "signal"), signal.SIGKILL)
+                os.kill(pid, stop)
 
                 async def browser_events() -> list[str]:
                     return [e["event"] for e in await browser.call("() => window.lk.events")]
@@ -106,27 +106,40 @@ async def test_browser_resumes_after_signal_killed(page_url: str, server: tuple[
                 assert "disconnected" not in events
                 assert left == [], f"left the room: {left}"
                 assert f"session {sid} resumed" in dev.log()
+                if stop == signal.SIGTERM:
+                    handover = handover_lines(dev)[handovers]
+                    print(handover)
+                    # the browser was told leave{RESUME}, the Python watcher's WebSocket closed;
+                    # both WebSockets were gone before the instance's 5 s wait ran out
+                    assert re.match(r"shutting down: 1 client\(s\) told to resume, 1 closed to resume "
+                                    r"\(Rust core\), 0 told to rejoin; 0 still connected", handover), handover
+                    waited = float(re.search(r"after ([\d.]+) s", handover).group(1))  # type: ignore[union-attr]
+                    assert waited < 5.0, handover
                 window = [t for t in frames if t >= killed_at - 1]
                 gap, gap_end = max((b - a, b) for a, b in itertools.pairwise(window))
                 before = [t for t in frames if t < killed_at]
                 baseline = max(b - a for a, b in itertools.pairwise(before[len(before) // 3:]))
-                print(f"worst gap ends {gap_end - killed_at:+.2f}s from the kill; before the kill the worst gap "
-                      f"was {baseline * 1000:.0f} ms; browser reconnected events at {events}")
+                kill_wall = killed_at + time.time() - time.monotonic()  # to read the server log against
+                stamp = time.strftime("%H:%M:%S", time.localtime(kill_wall)) + f".{int(kill_wall * 1000) % 1000:03d}"
+                print(f"killed at {stamp}; "
+                      f"worst gap ends {gap_end - killed_at:+.2f}s from the kill; before the kill the worst gap "
+                      f"was {baseline * 1000:.0f} ms; browser events {events}")
                 print(f"browser resumed; events {events[-6:]}; worst video gap at the watcher {gap * 1000:.0f} ms; "
                       f"data sent {len(data['sent'])} (failed {len(data['failed'])}), received {len(received)}")
-                assert gap < BROWSER_MAX_VIDEO_GAP, f"video paused {gap * 1000:.0f} ms at the watcher"
+                bound = max(MAX_VIDEO_GAP, 1.5 * baseline)
+                assert gap < bound, f"video paused {gap * 1000:.0f} ms at the watcher (bound {bound * 1000:.0f} ms)"
                 assert not data["failed"], data["failed"][:5]
                 doubled = [m for m, n in Counter(received).items() if n > 1]
                 assert not doubled, f"data delivered twice: {doubled[:5]}"
                 missing = [m for m in data["sent"] if m not in set(received)]
-                assert len(missing) <= 1, f"data lost across the resume: {missing[:5]}"
+                assert not missing, f"{len(missing)} data messages lost across the resume: {missing[:5]}"
                 assert [m for m in data["sent"] if m in set(received)] == received, "data reordered"
             except BaseException:
                 print(await browser.diagnostics())
                 print("--- server log (tail) ---\n" + dev.log()[-6000:])
                 raise
     finally:
-        for reader in readers:
-            reader.cancel()
+        for task in media.tasks:
+            task.cancel()
         await watcher.disconnect()
         await front.close()

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import websockets
 from livekit import api, rtc
+from livekit.protocol import rtc as rtc_proto
 
 from shared.natsserver import nats_server_binary
 
@@ -47,6 +49,19 @@ def nats_process(dev: DevServer) -> tuple[int, list[str]]:
     raise AssertionError("no nats-server under meshrtc dev")
 
 
+async def next_offer(ws: websockets.ClientConnection, timeout: float) -> rtc_proto.SessionDescription | None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (left := deadline - loop.time()) > 0:
+        try:
+            response = rtc_proto.SignalResponse.FromString(await asyncio.wait_for(ws.recv(), left))
+        except TimeoutError:
+            return None
+        if response.WhichOneof("message") == "offer":
+            return response.offer
+    return None
+
+
 async def test_nats_restart_mid_call(server: DevServer) -> None:
     publisher_room, viewer = rtc.Room(), rtc.Room()
     received = Received()
@@ -63,6 +78,13 @@ async def test_nats_restart_mid_call(server: DevServer) -> None:
         publisher = await publish_synthetic(publisher_room, 320, 180)
         assert await wait_for(lambda: received.video_frames > 10, 20)
 
+        # A client whose subscriber offer is outstanding when the bus goes: it gets that offer
+        # again after the outage (the first copy may have been lost with the bus).
+        pending = await websockets.connect(
+            f"{server.url}/rtc?access_token={server.token('pending', 'bus-room')}&protocol=15&sdk=js", max_size=None)
+        first_offer = await next_offer(pending, 10)
+        assert first_offer is not None, "no subscriber offer for the pending client"
+
         pid, cmdline = nats_process(server)
         os.kill(pid, signal.SIGTERM)
         down_at = time.monotonic()
@@ -72,6 +94,11 @@ async def test_nats_restart_mid_call(server: DevServer) -> None:
         restarted = subprocess.Popen([nats_server_binary(), *cmdline[1:]], stdout=subprocess.DEVNULL,  # noqa: ASYNC220
                                      stderr=subprocess.DEVNULL)
         print(f"NATS was down {time.monotonic() - down_at:.1f}s")
+
+        again = await next_offer(pending, 15)
+        await pending.close()
+        assert again is not None, "the unanswered offer was not sent again after the outage"
+        assert (again.id, again.sdp) == (first_offer.id, first_offer.sdp)
 
         late = rtc.Room()
         joined = False

@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 NODES = ("media-dc1-1", "media-dc1-2", "media-dc1-3")
 RUNS = int(os.environ.get("MESHRTC_FAILOVER_RUNS", "10"))
+FAILOVER_TARGET = 2.0  # seconds: the bound on the viewer's longest video gap (measured 0.59-0.91 s idle)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ async def test_viewer_on_another_node_sees_the_video_again_after_each_kill(three
               f"({', '.join(f'{g:.2f}' for g in gaps)})")
         assert not viewer_left, "the viewer was disconnected by a node it does not use dying"
         assert await node_of(server, "viewer") == viewer_node
-        assert max(gaps) < 5.0
+        assert max(gaps) < FAILOVER_TARGET, f"longest gap {max(gaps):.2f} s; target {FAILOVER_TARGET} s"
     finally:
         if publisher is not None:
             await publisher.stop()

@@ -27,7 +27,7 @@ from livekit.protocol import rtc as rtc_proto
 
 from .conftest import API_KEY, API_SECRET, DevServer, start_dev_server, stop_dev_server
 from .front import TcpFront, start_second_signal
-from .sdk_helpers import publish_synthetic, wait_for
+from .sdk_helpers import ReliableDataLoop, delivery_problem, publish_synthetic, record_connection_events, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 warnings.filterwarnings("ignore", message=".*HMAC key.*")
@@ -97,17 +97,13 @@ class FrameClock:
 async def test_signal_killed_clients_resume_on_their_sessions(server: DevServer) -> None:
     speaker, viewer = rtc.Room(), rtc.Room()
     clock = FrameClock(viewer)
-    events: dict[str, list[str]] = {"speaker": [], "viewer": []}
-    for name, room in (("speaker", speaker), ("viewer", viewer)):
-        for kind in ("reconnecting", "reconnected", "disconnected"):
-            room.on(kind, lambda *_, name=name, kind=kind: events[name].append(kind))
+    events = record_connection_events({"speaker": speaker, "viewer": viewer})
     left: list[str] = []
     viewer.on("participant_disconnected", lambda p: left.append(p.identity))
     received: list[bytes] = []
     viewer.on("data_received", lambda packet: received.append(packet.data))
-    sent: list[bytes] = []
     publisher = None
-    sender: asyncio.Task[None] | None = None
+    sender: ReliableDataLoop | None = None
     dev_port = int(server.url.rsplit(":", 1)[1])
     front = TcpFront([dev_port, server.second_signal_port])  # type: ignore[attr-defined]
     await front.start()
@@ -118,18 +114,7 @@ async def test_signal_killed_clients_resume_on_their_sessions(server: DevServer)
         publisher = await publish_synthetic(speaker, 320, 180, audio=False, simulcast=False)
         assert await wait_for(lambda: len(clock.times) > 30, 30), "no video before the kill"
 
-        stop_sending = asyncio.Event()
-
-        async def send_data() -> None:
-            index = 0
-            while not stop_sending.is_set():
-                payload = f"msg-{index}".encode()
-                await speaker.local_participant.publish_data(payload, reliable=True, topic="resume")
-                sent.append(payload)
-                index += 1
-                await asyncio.sleep(0.05)
-
-        sender = asyncio.ensure_future(send_data())
+        sender = ReliableDataLoop(speaker, "resume")
         await asyncio.sleep(1)
         killed_at = time.monotonic()
         os.kill(child_pid(server, "signal"), signal.SIGKILL)
@@ -139,9 +124,7 @@ async def test_signal_killed_clients_resume_on_their_sessions(server: DevServer)
                               60), f"clients did not come back: {events}"
         resumed_at = time.monotonic()
         await asyncio.sleep(3)
-        stop_sending.set()
-        await asyncio.wait_for(sender, 10)
-        sender = None
+        await sender.stop()
         await asyncio.sleep(1.5)  # the last messages in flight
 
         assert (speaker.local_participant.sid, viewer.local_participant.sid) == sids, "full rejoin, not a resume"
@@ -160,13 +143,9 @@ async def test_signal_killed_clients_resume_on_their_sessions(server: DevServer)
         baseline, _ = clock.worst_gap(killed_at - 5, killed_at)
         print(f"signal down→both resumed {resumed_at - killed_at:.2f}s; worst video gap at the viewer "
               f"{gap * 1000:.0f} ms, ending {gap_end - killed_at:+.2f}s from the kill (before the kill: "
-              f"{baseline * 1000:.0f} ms); data sent {len(sent)}, received {len(received)}")
+              f"{baseline * 1000:.0f} ms); data sent {len(sender.sent)}, received {len(received)}")
         assert gap < MAX_VIDEO_GAP, f"video paused {gap * 1000:.0f} ms at the viewer"
-        duplicates = {m for m in received if received.count(m) > 1}
-        assert not duplicates, f"data delivered twice: {sorted(duplicates)[:5]}"
-        missing = [m for m in sent if m not in set(received)]
-        assert not missing, f"{len(missing)} data packets lost, e.g. {missing[:5]}"
-        assert received == sent, "data reordered"
+        assert (problem := delivery_problem(sender.sent, received)) is None, problem
     finally:
         if sender is not None:
             sender.cancel()

@@ -3,20 +3,21 @@
 (a) Clients that are SIGKILLed mid-call (50 SDK rooms in 5 processes) or mid-negotiation (a raw
     WebSocket client holding an unanswered subscriber offer) leave nothing behind on the media
     node: sessions, room membership, peers, asyncio tasks and memory return to their baseline.
-(b) 20 participants in one room, each publishing audio, all see and subscribe to each other. Last
-    in the module: it is the heaviest and would taint the others if it left residue.
+(b) 20 participants in one room (four client processes of five), each publishing audio, all see
+    and subscribe to each other. Last in the module: it is the heaviest and would taint the others
+    if it left residue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -160,9 +161,12 @@ async def test_client_killed_mid_negotiation_is_released(dev_server: DevServer, 
         if process is not None and process.returncode is None:
             kill(process)
             await process.wait()
-        if publisher is not None:
-            await publisher.stop()
-        await alice.disconnect()
+        # Bounded: in one CI rehearsal this teardown hung inside the SDK for 200 s after every
+        # assertion had passed; a stuck client library must not turn into a failed server test.
+        with contextlib.suppress(TimeoutError):
+            if publisher is not None:
+                await asyncio.wait_for(publisher.stop(), 15)
+            await asyncio.wait_for(alice.disconnect(), 15)
 
 
 async def test_sigkilled_clients_leave_no_residue(dev_server: DevServer, tmp_path: Path) -> None:
@@ -224,41 +228,50 @@ async def test_sigkilled_clients_leave_no_residue(dev_server: DevServer, tmp_pat
             await process.wait()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "not reliable yet on a shared 2-core runner: passes in ~15-30 s when the machine is quiet (29.2 s at "
-    "load 19), but at load 20-40 some runs stall with every server-side subscription in place (380) while "
-    "clients lack tracks, or a client stops answering ICE consent on its publisher PeerConnection for 30 s "
-    "(see docs/BENCHMARKS.md, Forwarding: 20 participants). Kept running so the figures stay visible."))
-async def test_twenty_participants_all_subscribe_to_each_other(dev_server: DevServer) -> None:
-    room_name, n = "scale-20", 20
+async def read_status(process: asyncio.subprocess.Process, latest: dict[str, Any]) -> None:
+    """Keeps `latest` updated with the process's newest STATUS line."""
+    assert process.stdout is not None
+    while line := await process.stdout.readline():
+        if line.startswith(b"STATUS "):
+            status = json.loads(line[7:])
+            latest.update(status["rooms"])
+            latest.setdefault("_events", {})[process.pid] = status["events"]
+
+
+async def test_twenty_participants_all_subscribe_to_each_other(dev_server: DevServer, tmp_path: Path) -> None:
+    """Twenty SDK participants, each publishing audio, all hear each other. They run in four processes
+    of five, as twenty people would bring their own machines: twenty SDK clients in one Python
+    process spend a whole core on their own event loop, and the SDK's native threads then wait for
+    the GIL to deliver events, which stalls their answers to the server's offers (measured: the
+    pytest process at 100 % of a core, offers answered 10-20 s late)."""
+    room_name, n, per_process = "scale-20", 20, 5
     identities = [f"p{i:02d}" for i in range(n)]
-    rooms = [rtc.Room() for _ in range(n)]
-    publishers: list[SyntheticPublisher] = []
     nats_url = dev_nats_url(dev_server.log())
+    latest: dict[str, Any] = {}
+    processes: list[asyncio.subprocess.Process] = []
+    readers: list[asyncio.Task[None]] = []
     start = time.monotonic()
-    events: list[str] = []
-    for identity, room in zip(identities, rooms, strict=True):
-        for name in ("disconnected", "reconnecting", "reconnected"):
-            room.on(name, lambda *args, identity=identity, name=name: events.append(
-                f"{time.monotonic() - start:.1f}s {identity} {name} {args}"))
     try:
-        for i in range(0, n, 5):
-            await asyncio.gather(*(rooms[j].connect(dev_server.url, dev_server.token(identities[j], room_name))
-                                   for j in range(i, i + 5)))
-        connected = time.monotonic() - start
-        publishers.extend(await asyncio.gather(*(publish_synthetic(room, video=False) for room in rooms)))
+        for p in range(0, n, per_process):
+            tokens = [dev_server.token(identity, room_name) for identity in identities[p:p + per_process]]
+            process = await spawn_client("mesh", dev_server.url, *tokens, log=tmp_path / f"mesh{p}.log")
+            processes.append(process)
+        ready = await asyncio.gather(*(client_status(process, 60) for process in processes))
+        assert all(line == "READY" for line in ready), ready
         published = time.monotonic() - start
+        readers.extend(asyncio.ensure_future(read_status(process, latest)) for process in processes)
 
         def missing() -> list[str]:
             out = []
-            for identity, room in zip(identities, rooms, strict=True):
-                others = room.remote_participants
-                if set(others) != set(identities) - {identity}:
-                    out.append(f"{identity}: sees {len(others)} participants")
+            for identity in identities:
+                if (status := latest.get(identity)) is None:
+                    out.append(f"{identity}: no status yet")
                     continue
-                lacking = [p.identity for p in others.values() if not audio_subscribed(p)]
-                if lacking:
-                    out.append(f"{identity}: not subscribed to {lacking}")
+                others = set(identities) - {identity}
+                if set(status["sees"]) != others:
+                    out.append(f"{identity}: sees {len(status['sees'])} participants ({status['state']})")
+                elif lacking := sorted(others - set(status["hears"])):
+                    out.append(f"{identity}: not subscribed to {lacking} ({status['state']})")
             return out
 
         ok = await wait_for(lambda: not missing(), 60, interval=0.5)
@@ -266,18 +279,17 @@ async def test_twenty_participants_all_subscribe_to_each_other(dev_server: DevSe
         stats = await stats_now(nats_url)
         done = f"all {n * (n - 1)} subscriptions in {elapsed:.1f}s" if ok else \
             f"NOT all {n * (n - 1)} subscriptions after {elapsed:.1f}s"
-        print(f"\n20 participants: connected in {connected:.1f}s, published in {published:.1f}s, {done}; "
-              f"node: {summary(stats)}")
-        states = Counter(rtc.ConnectionState.Name(room.connection_state) for room in rooms)
+        print(f"\n20 participants in {len(processes)} processes: joined and published in {published:.1f}s, "
+              f"{done}; node: {summary(stats)}")
         if not ok:
-            print("missing:", *missing(), f"room states: {dict(states)}", "events:", *events, sep="\n  ")
-            print("server:", *[line for line in dev_server.log().splitlines()
-                               if "floods the signal" in line or "missed its heartbeats" in line
-                               or "call_exception_handler" in line][:12], sep="\n  ")
-        assert ok, f"{len(missing())} rooms incomplete; states {dict(states)}"
+            print("missing:", *missing(), "client events:", latest.get("_events"), sep="\n  ")
+        assert ok, f"{len(missing())} participants incomplete"
+        assert not any(latest.get("_events", {}).values()), f"clients reconnected: {latest['_events']}"
         assert sorted(stats["rooms"][room_name]) == identities
         assert stats["tracks"] >= n
     finally:
-        for publisher in publishers:
-            await publisher.stop()
-        await asyncio.gather(*(room.disconnect() for room in rooms), return_exceptions=True)
+        for reader in readers:
+            reader.cancel()
+        for process in processes:
+            kill(process)
+            await process.wait()

@@ -63,6 +63,31 @@ def test_catch_up_update_lists_everyone_now_and_who_left() -> None:
         ("PA_g", models.ParticipantInfo.State.DISCONNECTED)]
 
 
+def test_catch_up_update_leaves_out_the_departure_of_an_identity_that_is_back() -> None:
+    back = models.ParticipantInfo(sid="PA_new", identity="g")
+    gone = models.ParticipantInfo(sid="PA_old", identity="g", state=models.ParticipantInfo.State.DISCONNECTED)
+    update = catch_up_update([back], {"PA_old": gone}).update
+    assert [p.sid for p in update.participants] == ["PA_new"]  # livekit-client keys by identity
+
+
+def test_node_room_remembers_the_last_departures_it_told() -> None:
+    from services.media.room import RECENT_DEPARTURES, NodeRoom
+    from shared.control import RoomSpec
+
+    room = NodeRoom(RoomSpec(name="r"))
+    left = models.ParticipantInfo(sid="PA_l", identity="l", state=models.ParticipantInfo.State.DISCONNECTED)
+    room.broadcast_participant(models.ParticipantInfo(sid="PA_a", identity="a"))
+    room.broadcast_participant(left)
+    room.broadcast_participant(models.ParticipantInfo(sid="PA_h", identity="h",
+                                                      state=models.ParticipantInfo.State.DISCONNECTED), hidden=True)
+    left.identity = "changed later"
+    assert {sid: info.identity for sid, info in room.recent_departures().items()} == {"PA_l": "l"}
+    for n in range(RECENT_DEPARTURES + 5):
+        room.broadcast_participant(models.ParticipantInfo(
+            sid=f"PA_{n}", identity=str(n), state=models.ParticipantInfo.State.DISCONNECTED))
+    assert len(room.recent_departures()) == RECENT_DEPARTURES and "PA_l" not in room.recent_departures()
+
+
 def test_sync_state_views() -> None:
     sync = rtc.SyncState(
         subscription=rtc.UpdateSubscription(subscribe=False, track_sids=["TR_1"], participant_tracks=[
