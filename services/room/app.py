@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 
@@ -47,6 +48,9 @@ from .webhooks import WebhookWorker
 log = logging.getLogger(__name__)
 
 NODE_WATCH_INTERVAL = 0.25  # seconds between two looks at the media nodes (pings and heartbeats)
+# A room service that has just (re)started has heard no heartbeat yet: for this many beat
+# intervals a join waits for the first one instead of being refused with "no media node".
+FIRST_BEAT_WAIT_BEATS = 3
 
 
 class RoomService(Service):
@@ -57,6 +61,8 @@ class RoomService(Service):
         self.registry = RoomRegistry()
         self.placement = NodePlacement()
         self.admissions = Admissions(self.registry, self.placement, settings.dc, settings.media_capacity)
+        self._first_beat = asyncio.Event()
+        self._started_at = time.monotonic()
         self.store: EventStore | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer = None
@@ -70,6 +76,7 @@ class RoomService(Service):
 
     async def on_start(self) -> None:
         assert self.bus
+        self._started_at = time.monotonic()
         await asyncio.to_thread(check_database, self.settings.database_url)
         self.store = EventStore(make_engine(self.settings.database_url))
         replayed = 0
@@ -121,16 +128,28 @@ class RoomService(Service):
         if isinstance(env.payload, NodeHeartbeat):
             if self.placement.heartbeat(env.payload, time.time()):
                 log.info("media node %s is up: placing participants on it", env.payload.node_id)
+            if env.payload.dc == self.settings.dc:
+                self._first_beat.set()
             self._down_reported.discard(env.payload.node_id)
 
     async def _on_join(self, data: bytes) -> bytes:
         request = JoinRequest.decode(data)
+        await self._await_first_beat()
         decision = self.admissions.decide(request)
         for payload in decision.events:
             env = self.envelope(payload, room=request.room)
             self.registry.apply(env)  # visible to the next join at once, before the stream echoes it
             await self.bus.publish_event(env)  # type: ignore[union-attr]
         return decision.admission.encode()
+
+    async def _await_first_beat(self) -> None:
+        if self._first_beat.is_set():
+            return
+        window = FIRST_BEAT_WAIT_BEATS * self.settings.heartbeat_ms / 1000
+        remaining = self._started_at + window - time.monotonic()
+        if remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first_beat.wait(), remaining)
 
     async def _emit(self, payload: EventPayload, room: str) -> None:
         env = self.envelope(payload, room=room)
