@@ -71,6 +71,7 @@ class RoomService(Service):
         # Nodes that answered a ping since our bus connection last came up: only these can be
         # found "gone" (after a NATS restart a node may resubscribe later than we do).
         self._answering: set[str] = set()
+        self._pingers: dict[str, asyncio.Task[None]] = {}
         self.webhooks: list[WebhookWorker] = []
         self.api = RoomApi(self.registry, self._send_command, self._emit)
 
@@ -115,7 +116,9 @@ class RoomService(Service):
             await self.kicker.stop()
         for worker in self.webhooks:
             await worker.stop()
-        for task in self._tasks:
+        for task in [*self._tasks]:
+            await cancel_and_wait(task)
+        for task in list(self._pingers.values()):  # after the watch loop, which starts them
             await cancel_and_wait(task)
         if self._consumer is not None:
             await self._consumer.stop()
@@ -247,14 +250,23 @@ class RoomService(Service):
             if not self.bus.is_connected:  # type: ignore[union-attr]
                 self.placement.grace(time.time())  # beats we cannot hear prove nothing
                 continue
+            for node_id in self.placement.nodes:
+                pinger = self._pingers.get(node_id)
+                if node_id not in self._down_reported and (pinger is None or pinger.done()):
+                    self._pingers[node_id] = asyncio.create_task(self._ping(node_id), name=f"room-ping-{node_id}")
             if late:
                 continue  # this loop stalled: beats may be queued unread, so judge nobody yet
-            alive = [n for n in self.placement.nodes if n not in self._down_reported]
-            gone = await asyncio.gather(*(self._connection_gone(n) for n in alive))
-            for node_id in [n for n, dead in zip(alive, gone, strict=True) if dead]:
-                await self._declare_down(node_id, "bus_connection_closed")
             for node_id in self.placement.dead_nodes(time.time()):
                 await self._declare_down(node_id, "missed_heartbeats")
+
+    async def _ping(self, node_id: str) -> None:
+        """Each node is pinged on its own schedule: a node slow to answer (busy taking over
+        migrated participants) must not delay noticing that another one is gone."""
+        while node_id in self.placement.nodes and node_id not in self._down_reported:
+            if self.bus.is_connected and await self._connection_gone(node_id):  # type: ignore[union-attr]
+                await self._declare_down(node_id, "bus_connection_closed")
+                return
+            await asyncio.sleep(NODE_WATCH_INTERVAL)
 
     def _after_reconnect(self) -> None:
         self.placement.grace(time.time())
