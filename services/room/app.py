@@ -159,6 +159,14 @@ class RoomService(Service):
         self.registry.apply(env)  # the caller's answer reflects it at once
         await self.bus.publish_event(env)  # type: ignore[union-attr]
 
+    def _emit_queued(self, payload: EventPayload, room: str | None = None) -> None:
+        """For the service's own loops: through the outbox, retried for as long as NATS is away,
+        so a long bus outage cannot kill the loop that noticed something (an awaited publish gives
+        up after publish_timeout)."""
+        env = self.envelope(payload, room=room)
+        self.registry.apply(env)
+        self.bus.publish_event_nowait(env)  # type: ignore[union-attr]
+
     async def _send_command(self, node: str, command: MediaCommand) -> CommandResult:
         assert self.bus
         try:
@@ -191,8 +199,8 @@ class RoomService(Service):
                 else:
                     idle_since, limit = room.created_at_ms, room.empty_timeout
                 if limit and now - idle_since >= limit * 1000:
-                    await self._emit(RoomFinished(sid=room.sid, reason="idle", merged_sids=room.merged_sids),
-                                     room.name)
+                    self._emit_queued(RoomFinished(sid=room.sid, reason="idle", merged_sids=room.merged_sids),
+                                      room.name)
 
     async def _on_event(self, env: Envelope, meta: MsgMeta) -> None:
         self.registry.apply(env)
@@ -290,8 +298,7 @@ class RoomService(Service):
         self._answering.discard(node_id)
         self.placement.forget(node_id)
         log.warning("media node %s is down (%s)", node_id, reason.replace("_", " "))
-        await self.bus.publish_event(self.envelope(  # type: ignore[union-attr]
-            NodeDown(node_id=node_id, service="media", dc=self.settings.dc, reason=reason)))
+        self._emit_queued(NodeDown(node_id=node_id, service="media", dc=self.settings.dc, reason=reason))
 
 
 async def main(settings: Settings) -> None:

@@ -22,7 +22,8 @@ from shared.bus import Bus
 from shared.config import Settings
 from shared.control import JoinAdmission, JoinRequest
 from shared.db import upgrade
-from shared.events import Envelope, NodeHeartbeat
+from shared.events import Envelope, NodeHeartbeat, RoomCreated
+from shared.ids import new_room_sid
 from shared.natsserver import NatsServer
 from shared.service import heartbeat_subject
 from shared.subjects import media_node_subject, room_request_subject
@@ -148,3 +149,35 @@ async def test_a_vanished_node_is_declared_down_despite_a_slow_neighbour(
     finally:
         for node in [busy, *nodes]:
             await node.vanish()
+
+
+async def test_the_room_service_loops_outlive_a_bus_outage_longer_than_a_publish(
+        room_service: RoomService, nats_server: NatsServer) -> None:
+    """A room falls idle while NATS is away longer than an awaited publish waits (publish_timeout,
+    shortened here): its room.finished still reaches the stream once NATS is back, and the loop
+    goes on closing rooms. A node that vanished during the outage is declared down after it."""
+    assert room_service.bus is not None and room_service.store is not None
+    room_service.bus.publish_timeout = 1.0
+    node = await StandInNode("media-doomed").start(nats_server.url)
+    await room_service._emit(RoomCreated(sid=new_room_sid(), name="idle-1", empty_timeout=1), "idle-1")
+    deadline = time.monotonic() + 5
+    while "media-doomed" not in room_service._answering and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+    nats_server.stop(remove_store=False)
+    await node.vanish()
+    await asyncio.sleep(4)  # the idle room's finish and the missed beats both fall in the outage
+    nats_server.start()
+
+    await room_service._emit(RoomCreated(sid=new_room_sid(), name="idle-2", empty_timeout=1), "idle-2")
+
+    def stored() -> list[tuple[str, str]]:
+        assert room_service.store is not None
+        return [(s.envelope.type, s.envelope.room or getattr(s.envelope.payload, "node_id", ""))
+                for s in room_service.store.read(types=["room.finished", "node.down"])]
+
+    deadline = time.monotonic() + 15
+    while len(stored()) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert sorted(stored()) == [("node.down", "media-doomed"), ("room.finished", "idle-1"),
+                                ("room.finished", "idle-2")]
