@@ -382,6 +382,10 @@ class PublishedTrack:
                 self._on_subscriber_feedback(sub, packet)
             elif isinstance(packet, rtcp.Nack):
                 sub.stats.nacks += len(packet.seqs)
+                if self.rids:
+                    before = sub.bwe.cap
+                    self._apply_cap(sub, before, sub.bwe.on_nacks(packet.seqs, down.last_sequence,
+                                                                   time.monotonic()))
                 for out_seq in packet.seqs:
                     target = down.translate_nack(out_seq)
                     if target is not None and target.ssrc != down.source_ssrc:
@@ -406,10 +410,17 @@ class PublishedTrack:
                 return
             rtt = rtt_from_report(rtcp.ntp_middle(rtcp.ntp_from_seconds(time.time())), block.lsr, block.dlsr)
             sub.stats.on_report(block, self.clock_rate, rtt)
-            cap = sub.bwe.on_report(block.fraction_lost / 256.0, rtt, now) if self.rids else None
-        if cap is not None and self.rids:
+            cap = sub.bwe.on_report(block.fraction_lost / 256.0, rtt, now, block.highest_seq & 0xFFFF) \
+                if self.rids else None
+        if self.rids:
+            self._apply_cap(sub, before, cap)
+
+    def _apply_cap(self, sub: Subscription, before: int, cap: int | None) -> None:
+        if cap is not None:
             log.info("track %s -> %s: bandwidth cap %d -> %d (loss %.2f, rtt %.0f ms, remb %d)", self.sid,
                      sub.session.identity, before, cap, sub.bwe.loss, sub.bwe.rtt_ms, sub.bwe.remb_bps)
+            if cap < before and sub.down is not None:
+                sub.bwe.stepped_down(sub.down.last_sequence, time.monotonic())
             self._retarget(sub, LayerSwitchReason.CONGESTION if cap < before else LayerSwitchReason.RECOVERED)
 
     def close(self) -> None:

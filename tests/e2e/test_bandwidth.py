@@ -179,7 +179,7 @@ async def test_subscriber_on_a_600_kbps_link_drops_a_layer_and_recovers(link: Li
         await asyncio.sleep(3)
         assert frames.size_now() == TOP
 
-        limited_at = time.monotonic()
+        limited_at, limited_wall = time.monotonic(), time.time()
         link.limit()
         assert await wait_until(lambda: frames.first(limited_at, lambda s: s[0] < TOP[0]) is not None, 8)
         dropped_at = frames.first(limited_at, lambda s: s[0] < TOP[0])
@@ -188,7 +188,9 @@ async def test_subscriber_on_a_600_kbps_link_drops_a_layer_and_recovers(link: Li
         # the drop: from the limit until the lower layer has played for a while (later probes of
         # the link are the estimator's business, not the drop's)
         gap = frames.longest_gap(limited_at, dropped_at + 5)
-        print(f"\n[bwe] limited: lower layer after {dropped_at - limited_at:.2f}s, longest freeze {gap:.2f}s, "
+        print(f"\n[bwe] limited at {time.strftime('%H:%M:%S', time.localtime(limited_wall))}"
+              f".{int(limited_wall * 1000) % 1000:03d} (server log time): "
+              f"lower layer after {dropped_at - limited_at:.2f}s, longest freeze {gap:.2f}s, "
               f"size now {frames.size_now()}\n" + frames.timeline(limited_at))
         assert dropped_at - limited_at <= 5.0, f"took {dropped_at - limited_at:.1f}s to drop a layer"
         assert gap <= 1.0, f"video froze for {gap:.2f}s on the limited link"
