@@ -26,7 +26,7 @@ from livekit import rtc
 from shared.natsserver import free_port
 
 from .accounting import Deployment, WebhookLog, check_participants, check_usage, check_webhooks, settled_events, sql
-from .sdk_helpers import Received, count_media, publish_synthetic, wait_for
+from .sdk_helpers import Received, count_media, publish_synthetic, record_connection_events, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 warnings.filterwarnings("ignore", message=".*HMAC key.*")
@@ -99,10 +99,7 @@ async def test_postgres_restarted_mid_call(postgres: PrivatePostgres, tmp_path: 
     hooks = WebhookLog(ROOM)
     deployment = Deployment(postgres.url, hooks.url, tmp_path, ROOM)
     speaker, viewer = rtc.Room(), rtc.Room()
-    problems: list[str] = []
-    for name, room in (("speaker", speaker), ("viewer", viewer)):
-        for kind in ("reconnecting", "disconnected"):
-            room.on(kind, lambda *_, name=name, kind=kind: problems.append(f"{name} {kind}"))
+    connection_events = record_connection_events({"speaker": speaker, "viewer": viewer})
     received = Received()
     count_media(viewer, received)
     frames = received.video_times
@@ -135,7 +132,7 @@ async def test_postgres_restarted_mid_call(postgres: PrivatePostgres, tmp_path: 
             await again.connect(deployment.url, deployment.token("again"))
             await again.disconnect()
             deployment.check_alive()
-            assert problems == [], problems
+            assert not any(connection_events.values()), connection_events
         finally:
             if publisher is not None:
                 await publisher.stop()

@@ -23,7 +23,7 @@ import pytest
 from livekit import rtc
 
 from .accounting import Deployment, WebhookLog, check_participants, check_usage, check_webhooks, payload, settled_events
-from .sdk_helpers import Received, count_media, publish_synthetic, wait_for
+from .sdk_helpers import Received, count_media, publish_synthetic, record_connection_events, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 warnings.filterwarnings("ignore", message=".*HMAC key.*")
@@ -49,10 +49,7 @@ async def test_nats_restarted_mid_call(stop: str, tmp_path: Path) -> None:
     hooks = WebhookLog(ROOM)
     deployment = Deployment(f"sqlite:///{tmp_path / 'meshrtc.db'}", hooks.url, tmp_path, ROOM)
     speaker, viewer, leaver = rtc.Room(), rtc.Room(), rtc.Room()
-    problems: list[str] = []
-    for name, room in (("speaker", speaker), ("viewer", viewer)):
-        for kind in ("reconnecting", "disconnected"):
-            room.on(kind, lambda *_, name=name, kind=kind: problems.append(f"{name} {kind}"))
+    connection_events = record_connection_events({"speaker": speaker, "viewer": viewer})
     received = Received()
     count_media(viewer, received)
     frames = received.video_times
@@ -86,7 +83,7 @@ async def test_nats_restarted_mid_call(stop: str, tmp_path: Path) -> None:
                 f"the viewer sees {sorted(viewer.remote_participants)}, not just the speaker"
             await asyncio.sleep(2)  # the call goes on after the restart (and every bridge resyncs)
             deployment.check_alive()
-            assert problems == [], problems
+            assert not any(connection_events.values()), connection_events
         finally:
             if publisher is not None:
                 await publisher.stop()

@@ -53,38 +53,6 @@ async def join(service: RoomService, identity: str) -> JoinAdmission:
     return JoinAdmission.decode(raw)
 
 
-async def beat_after(service: RoomService, delay: float) -> None:
-    await asyncio.sleep(delay)
-    assert service.bus is not None
-    while True:
-        env = Envelope.new(NodeHeartbeat(node_id="media-1", service="media", dc="dc1", interval_ms=HEARTBEAT_MS),
-                           dc="dc1", node="media-1")
-        await service.bus.publish(heartbeat_subject("dc1", "media"), env.to_json())
-        await asyncio.sleep(HEARTBEAT_MS / 1000)
-
-
-async def test_join_right_after_start_waits_for_the_first_beat(room_service: RoomService) -> None:
-    beats = asyncio.create_task(beat_after(room_service, 0.4))
-    try:
-        started = time.monotonic()
-        admission = await join(room_service, "alice")
-        assert admission.ok, admission.error
-        assert admission.node_id == "media-1"
-        assert 0.3 < time.monotonic() - started < FIRST_BEAT_WAIT_BEATS * HEARTBEAT_MS / 1000 + 1
-    finally:
-        beats.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beats
-
-
-async def test_no_node_after_the_window_is_refused_at_once(room_service: RoomService) -> None:
-    await asyncio.sleep(FIRST_BEAT_WAIT_BEATS * HEARTBEAT_MS / 1000)
-    started = time.monotonic()
-    admission = await join(room_service, "alice")
-    assert (admission.ok, admission.status, admission.error) == (False, 503, "no media node available")
-    assert time.monotonic() - started < 0.5
-
-
 class StandInNode:
     """A media node as the room service sees it: its own bus connection, beats, pings answered
     (after `ping_delay`)."""
@@ -121,6 +89,34 @@ class StandInNode:
                 await self._beats
         if self.bus is not None:
             await self.bus.close()
+
+
+async def test_join_right_after_start_waits_for_the_first_beat(room_service: RoomService,
+                                                               nats_server: NatsServer) -> None:
+    node = StandInNode("media-1")
+
+    async def start_node_later() -> None:
+        await asyncio.sleep(0.4)
+        await node.start(nats_server.url)
+
+    later = asyncio.create_task(start_node_later())
+    try:
+        started = time.monotonic()
+        admission = await join(room_service, "alice")
+        assert admission.ok, admission.error
+        assert admission.node_id == "media-1"
+        assert 0.3 < time.monotonic() - started < FIRST_BEAT_WAIT_BEATS * HEARTBEAT_MS / 1000 + 1
+    finally:
+        await later
+        await node.vanish()
+
+
+async def test_no_node_after_the_window_is_refused_at_once(room_service: RoomService) -> None:
+    await asyncio.sleep(FIRST_BEAT_WAIT_BEATS * HEARTBEAT_MS / 1000)
+    started = time.monotonic()
+    admission = await join(room_service, "alice")
+    assert (admission.ok, admission.status, admission.error) == (False, 503, "no media node available")
+    assert time.monotonic() - started < 0.5
 
 
 async def test_a_vanished_node_is_declared_down_despite_a_slow_neighbour(
