@@ -30,10 +30,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from shared.config import Settings, settings_to_env  # noqa: E402
+from shared.contracts.subjects import stream_name, usage_subject  # noqa: E402
 from shared.db import make_engine, upgrade  # noqa: E402
 from shared.events import Direction, Envelope, UsageSample  # noqa: E402
 from shared.natsserver import NatsServer  # noqa: E402
-from shared.subjects import stream_name, usage_subject  # noqa: E402
 
 DC = "dc1"
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.config import ConfigError, parse_api_keys
+from shared.contracts.subjects import check_dc
 from shared.natsconfig import dc_nats_config
-from shared.subjects import check_dc
 
 _PEER = re.compile(r"(?P<dc>[^@\s]+)@(?P<host>[^:\s]+):(?P<port>\d{1,5})")
 _KEY_NAME = re.compile(r"(?P<a>[^-\s]+)-(?P<b>[^-\s]+)")

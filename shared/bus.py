@@ -43,9 +43,9 @@ from tenacity import (
 )
 
 from shared.bus_consumer import Consumer, EventHandler, MsgMeta, RawHandler, event_handler_adapter
+from shared.contracts.subjects import check_dc, event_subject, stream_name
 from shared.events import Envelope
 from shared.replication import ensure_replica, replica_stream
-from shared.subjects import check_dc, event_subject, stream_name
 
 __all__ = [
     "ERROR_HEADER",

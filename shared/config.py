@@ -49,7 +49,7 @@ def _is_dc_name(name: str) -> bool:
 
 
 def _check_dc_name(dc: str, variable: str) -> str:
-    from shared.subjects import check_dc
+    from shared.contracts.subjects import check_dc
 
     try:
         return check_dc(dc)
@@ -231,7 +231,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         telemetry_retention_s=_int(env, "MESHRTC_TELEMETRY_RETENTION", Settings.telemetry_retention_s),
         datacenters=_list(env, "MESHRTC_DATACENTERS"),
     )
-    from shared.subjects import check_dc
+    from shared.contracts.subjects import check_dc
 
     try:
         check_dc(settings.dc)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-from shared.subjects import check_dc
+from shared.contracts.subjects import check_dc
 
 APP_ACCOUNT = "APP"
 APP_USER = "app"

@@ -31,7 +31,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, ExternalStream, RetentionPolicy, StorageType, StreamConfig, StreamSource
 
-from shared.subjects import check_dc, stream_name
+from shared.contracts.subjects import check_dc, stream_name
 from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("meshrtc.replication")

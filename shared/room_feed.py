@@ -24,9 +24,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared.bus import Bus
 from shared.bus_consumer import unsubscribe_quietly
+from shared.contracts.subjects import encode_token
 from shared.events import Envelope, EventDecodeError
 from shared.replication import replica_stream
-from shared.subjects import encode_token
 from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("meshrtc.room_feed")

@@ -9,8 +9,8 @@ import sys
 import time
 
 from shared.config import load_settings
-from shared.control import NodeStats
-from shared.subjects import media_node_subject
+from shared.contracts.control import NodeStats
+from shared.contracts.subjects import media_node_subject
 
 
 def register(sub: argparse._SubParsersAction) -> None:

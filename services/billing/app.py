@@ -26,11 +26,11 @@ from typing import Any, NamedTuple
 from nats.aio.msg import Msg
 
 from shared.config import Settings
+from shared.contracts.subjects import check_dc, rollup_subject, stream_name
 from shared.db import check_database
 from shared.events import Direction, Envelope, EventDecodeError, UsageRollup, UsageSample
 from shared.pricing import load_pricing
 from shared.service import Service
-from shared.subjects import check_dc, rollup_subject, stream_name
 
 from .consumer import BatchConsumer
 from .protocol import MINUTE_MS, QueryError, UsageQuery, usage_request_subject

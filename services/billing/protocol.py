@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.subjects import check_dc
+from shared.contracts.subjects import check_dc
 
 API_VERSION = 1
 MAX_ROWS = 10_000

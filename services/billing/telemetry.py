@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from shared.contracts.subjects import check_dc
 from shared.db import DatabaseUnavailable, redact_url
 from shared.events import Envelope, SubscriptionTelemetry, TrackTelemetry
-from shared.subjects import check_dc
 
 __all__ = ["RoomStatsQuery", "TelemetryStore", "telemetry_filter", "telemetry_request_subject"]
 

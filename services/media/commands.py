@@ -7,7 +7,7 @@ import base64
 from livekit.protocol import models, rtc
 from livekit.protocol import room as room_pb
 
-from shared.control import CommandResult, MediaCommand, PermissionSpec
+from shared.contracts.control import CommandResult, MediaCommand, PermissionSpec
 
 from .data import server_data
 from .room import NodeRoom

@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 
 from shared.bus import BusUnavailable
 from shared.config import Settings
-from shared.control import (
+from shared.contracts.control import (
     RESYNC_HEADER,
     Ack,
     CloseSession,
@@ -30,6 +30,23 @@ from shared.control import (
     ResumeSession,
     SessionOpened,
     SessionResumed,
+)
+from shared.contracts.relay import (
+    RelaySubscribe,
+    RelaySubscribed,
+    TrackExport,
+    TrackExported,
+    media_export_subject,
+    parse_hostport,
+    relay_subscribe_subject,
+)
+from shared.contracts.subjects import (
+    media_node_subject,
+    room_data_subject,
+    session_resume_subject,
+    session_to_signal_subject,
+    telemetry_room_subject,
+    usage_subject,
 )
 from shared.events import (
     Envelope,
@@ -47,25 +64,8 @@ from shared.events import (
     TrackUnpublished,
 )
 from shared.ids import new_track_sid
-from shared.relay_control import (
-    RelaySubscribe,
-    RelaySubscribed,
-    TrackExport,
-    TrackExported,
-    media_export_subject,
-    parse_hostport,
-    relay_subscribe_subject,
-)
 from shared.room_feed import RoomFeed
 from shared.service import Service
-from shared.subjects import (
-    media_node_subject,
-    room_data_subject,
-    session_resume_subject,
-    session_to_signal_subject,
-    telemetry_room_subject,
-    usage_subject,
-)
 from shared.tasks import background
 
 from .analytics import track_telemetry

@@ -6,7 +6,7 @@ import time
 
 from livekit.protocol import models, rtc
 
-from shared.control import PermissionSpec, RoomSpec
+from shared.contracts.control import PermissionSpec, RoomSpec
 from shared.service import VERSION
 
 PROTOCOL = 17

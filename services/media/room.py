@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from livekit.protocol import models, rtc
 
-from shared.control import RoomSpec
+from shared.contracts.control import RoomSpec
 
 from .protocol import room_proto
 from .quality import quality_from_loss

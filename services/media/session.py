@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 from livekit.protocol import room as room_pb
 
-from shared.control import OpenSession, ResumeSession
+from shared.contracts.control import OpenSession, ResumeSession
 from shared.events import Direction
 from shared.tasks import background
 

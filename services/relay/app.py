@@ -16,8 +16,7 @@ import time
 from services.relay.relay import Relay
 from shared.bus import BusUnavailable
 from shared.config import ConfigError, Settings, relay_link_name
-from shared.events import EventPayload
-from shared.relay_control import (
+from shared.contracts.relay import (
     RELAY_QUEUE,
     RelayStatsRequest,
     RelaySubscribe,
@@ -25,8 +24,9 @@ from shared.relay_control import (
     relay_stats_subject,
     relay_subscribe_subject,
 )
+from shared.contracts.subjects import usage_subject
+from shared.events import EventPayload
 from shared.service import Service
-from shared.subjects import usage_subject
 
 log = logging.getLogger("meshrtc.relay")
 

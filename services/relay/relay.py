@@ -27,9 +27,8 @@ from services.relay.routing import LinkView, RoutePolicy, Router, merge_routes
 from services.relay.subscriptions import Subscriptions, TrackRef
 from services.relay.usage import RelayUsage
 from services.relay.wire import Kind, WanSubscribe, deliver_mask
-from shared.control import ControlDecodeError
-from shared.events import EventPayload, LinkStateChanged, LinkStatus
-from shared.relay_control import (
+from shared.contracts.control import ControlDecodeError
+from shared.contracts.relay import (
     LinkInfo,
     RelayStats,
     RelaySubscribe,
@@ -39,6 +38,7 @@ from shared.relay_control import (
     media_export_subject,
     parse_hostport,
 )
+from shared.events import EventPayload, LinkStateChanged, LinkStatus
 from shared.relay_wire import stream_id
 
 log = logging.getLogger("meshrtc.relay")

@@ -27,7 +27,7 @@ from enum import IntEnum
 
 from pydantic import Field
 
-from shared.control import ControlMessage
+from shared.contracts.control import ControlMessage
 
 VERSION = 1
 HEADER = struct.Struct("!BBBBBHQQ4s")

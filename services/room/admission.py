@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from shared.control import JoinAdmission, JoinRequest, RoomSpec
+from shared.contracts.control import JoinAdmission, JoinRequest, RoomSpec
 from shared.events import EventPayload, ParticipantEvictRequested, RoomCreated
 from shared.ids import new_participant_sid, new_room_sid
 

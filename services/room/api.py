@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError, Message
 from livekit.protocol import models
 from livekit.protocol import room as room_pb
 
-from shared.control import CommandResult, MediaCommand
+from shared.contracts.control import CommandResult, MediaCommand
 from shared.events import EventPayload, RoomCreated, RoomFinished, RoomMetadataUpdated
 from shared.ids import new_room_sid
 

@@ -20,7 +20,8 @@ from livekit.protocol import models
 
 from shared.bus import BusTimeout, MsgMeta, NoResponders, RemoteError
 from shared.config import Settings
-from shared.control import ApiCall, ApiResult, CommandResult, JoinRequest, MediaCommand
+from shared.contracts.control import ApiCall, ApiResult, CommandResult, JoinRequest, MediaCommand
+from shared.contracts.subjects import media_node_subject, room_request_subject
 from shared.db import check_database, make_engine
 from shared.events import (
     Envelope,
@@ -36,7 +37,6 @@ from shared.eventstore import EventStore
 from shared.ids import derived_event_id
 from shared.replication import SourceKicker, replica_stream
 from shared.service import Service, heartbeat_subject
-from shared.subjects import media_node_subject, room_request_subject
 from shared.tasks import cancel_and_wait
 
 from .admission import Admissions

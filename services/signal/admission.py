@@ -9,8 +9,8 @@ from livekit.protocol import models
 
 from shared.auth import AuthError, Claims, TokenVerifier, bearer_token
 from shared.bus import Bus, BusTimeout, RemoteError
-from shared.control import JoinAdmission, JoinRequest, PermissionSpec
-from shared.subjects import room_request_subject
+from shared.contracts.control import JoinAdmission, JoinRequest, PermissionSpec
+from shared.contracts.subjects import room_request_subject
 
 from .params import ConnectParams, ParamError
 

@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.control import ClientDetails
+from shared.contracts.control import ClientDetails
 
 
 class ParamError(ValueError):

@@ -23,7 +23,7 @@ from livekit.protocol import models, rtc
 
 from shared.auth import Claims, TokenVerifier, mint_token
 from shared.bus import Bus, BusTimeout, RemoteError, Subscription
-from shared.control import (
+from shared.contracts.control import (
     CloseSession,
     ControlDecodeError,
     OpenSession,
@@ -33,7 +33,7 @@ from shared.control import (
     SessionOpened,
     SessionResumed,
 )
-from shared.subjects import (
+from shared.contracts.subjects import (
     media_node_subject,
     session_resume_subject,
     session_to_node_subject,

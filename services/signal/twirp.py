@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse, Response
 from services.room.api import REQUESTS
 from shared.auth import AuthError, Claims, TokenVerifier, bearer_token
 from shared.bus import Bus, BusTimeout, RemoteError
-from shared.control import ApiCall, ApiResult
-from shared.subjects import room_request_subject
+from shared.contracts.control import ApiCall, ApiResult
+from shared.contracts.subjects import room_request_subject
 
 MAX_BODY = 1 << 20
 STATUS = {"invalid_argument": 400, "malformed": 400, "not_found": 404, "bad_route": 404, "already_exists": 409,

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shared.bus import BusTimeout, RemoteError
-from shared.control import RESYNC_HEADER, CloseSession
-from shared.subjects import media_node_subject
+from shared.contracts.control import RESYNC_HEADER, CloseSession
+from shared.contracts.subjects import media_node_subject
 from shared.tasks import background
 
 log = logging.getLogger(__name__)

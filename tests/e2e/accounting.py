@@ -24,9 +24,9 @@ from livekit import api
 
 from services.room.webhooks import WEBHOOK_SOURCE_TYPES, webhook_id
 from shared.config import Settings, settings_to_env
+from shared.contracts.subjects import room_events_filter, stream_name, usage_subject
 from shared.db import make_engine, upgrade
 from shared.natsserver import NatsServer, _set_parent_death_signal, free_port
-from shared.subjects import room_events_filter, stream_name, usage_subject
 
 from .conftest import API_KEY, API_SECRET
 from .sdk_helpers import wait_for

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.control import NodeStats
+from shared.contracts.control import NodeStats
 from shared.natsserver import _set_parent_death_signal, free_port
 
 API_KEY, API_SECRET = "devkey", "secret"

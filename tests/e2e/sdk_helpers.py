@@ -189,7 +189,7 @@ def dev_nats_url(dev_log: str) -> str:
 
 async def media_node_stats(nats_url: str, node_id: str = "media-dc1-1") -> dict[str, object]:
     """`ctl.media.<node>.stats` answered by the media node: rooms, sessions, tracks, asyncio_tasks,
-    open_peers, rss_bytes (shared.control.NodeStats), as a plain dict."""
+    open_peers, rss_bytes (shared.contracts.control.NodeStats), as a plain dict."""
     import json
 
     import nats

@@ -21,8 +21,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from shared.control import NodeStats
-from shared.relay_control import RelayStats, RelayStatsRequest, relay_stats_subject
+from shared.contracts.control import NodeStats
+from shared.contracts.relay import RelayStats, RelayStatsRequest, relay_stats_subject
 from shared.replication import events_stream, replica_stream
 from tests.support.lab import RunningLab, lab_unavailable_reason, running_lab
 

@@ -23,7 +23,7 @@ import pytest
 from livekit import rtc
 
 from shared.auth import Claims, VideoGrant, mint_token
-from shared.subjects import stream_name, usage_subject
+from shared.contracts.subjects import stream_name, usage_subject
 
 from .conftest import API_KEY, API_SECRET, DevServer
 from .sdk_helpers import publish_synthetic, wait_for

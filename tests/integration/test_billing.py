@@ -23,10 +23,10 @@ from services.signal.http import build_app
 from shared.auth import Claims, TokenVerifier, VideoGrant, mint_token
 from shared.bus import Bus
 from shared.config import Settings
+from shared.contracts.subjects import rollup_subject, stream_name, usage_subject
 from shared.db import upgrade
 from shared.events import Envelope, UsageRollup, UsageSample
 from shared.natsserver import NatsServer
-from shared.subjects import rollup_subject, stream_name, usage_subject
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*HMAC key.*")]
 

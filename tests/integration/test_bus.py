@@ -20,9 +20,9 @@ from shared.bus import (
     RemoteError,
     StreamSpec,
 )
+from shared.contracts.subjects import event_subject, events_prefix, stream_name
 from shared.events import Envelope, RoomCreated
 from shared.natsserver import NatsServer, free_port
-from shared.subjects import event_subject, events_prefix, stream_name
 
 DC = "dc1"
 EVENTS = stream_name("events", DC)

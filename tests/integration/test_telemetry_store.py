@@ -19,6 +19,7 @@ from services.signal.http import build_app
 from shared.auth import Claims, TokenVerifier, VideoGrant, mint_token
 from shared.bus import Bus
 from shared.config import Settings
+from shared.contracts.subjects import telemetry_room_subject
 from shared.db import upgrade
 from shared.events import (
     Envelope,
@@ -29,7 +30,6 @@ from shared.events import (
     TrackTelemetry,
 )
 from shared.natsserver import NatsServer
-from shared.subjects import telemetry_room_subject
 
 from .test_billing import bus  # noqa: F401 - the fixture, used by name
 

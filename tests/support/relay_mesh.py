@@ -23,8 +23,8 @@ from pathlib import Path
 
 from nats.aio.subscription import Subscription
 
-from shared import relay_control as control
 from shared.bus import Bus
+from shared.contracts import relay as control
 from shared.natsserver import NatsServer, free_port
 from shared.relay_wire import NOT_SIMULCAST, LocalType, encode_local, parse_local, stream_id
 from tests.support.udp_proxy import UdpLinkProxy

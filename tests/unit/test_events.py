@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from shared.contracts.subjects import decode_token, encode_token, event_subject, room_events_filter
 from shared.events import (
     Direction,
     Envelope,
@@ -14,7 +15,6 @@ from shared.events import (
     known_event_types,
 )
 from shared.ids import event_id_time_ms, new_event_id, new_participant_sid, new_room_sid, new_track_sid
-from shared.subjects import decode_token, encode_token, event_subject, room_events_filter
 
 
 def test_envelope_round_trip_keeps_every_field() -> None:

@@ -20,7 +20,7 @@ from services.media.protocol import (
     server_info,
     track_info_from_request,
 )
-from shared.control import PermissionSpec, RoomSpec
+from shared.contracts.control import PermissionSpec, RoomSpec
 
 Q = models.VideoQuality
 SRC = models.TrackSource

@@ -72,7 +72,7 @@ def test_catch_up_update_leaves_out_the_departure_of_an_identity_that_is_back() 
 
 def test_node_room_remembers_the_last_departures_it_told() -> None:
     from services.media.room import RECENT_DEPARTURES, NodeRoom
-    from shared.control import RoomSpec
+    from shared.contracts.control import RoomSpec
 
     room = NodeRoom(RoomSpec(name="r"))
     left = models.ParticipantInfo(sid="PA_l", identity="l", state=models.ParticipantInfo.State.DISCONNECTED)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from livekit.protocol import models, rtc
 
 from services.media.room import NodeRoom
-from shared.control import RoomSpec
+from shared.contracts.control import RoomSpec
 
 EXCELLENT, POOR, LOST = models.ConnectionQuality.EXCELLENT, models.ConnectionQuality.POOR, models.ConnectionQuality.LOST
 

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.relay.relay import Relay
+from shared.contracts.relay import RelaySubscribe, TrackExport, TrackExported
 from shared.events import EventPayload, LinkStateChanged, LinkStatus
-from shared.relay_control import RelaySubscribe, TrackExport, TrackExported
 from shared.relay_wire import LocalType, encode_local, parse_local, stream_id
 from tests.support.sockets import loopback_udp
 

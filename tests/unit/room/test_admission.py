@@ -14,7 +14,7 @@ from services.room.admission import (
 )
 from services.room.placement import NodePlacement
 from services.room.state import RoomRegistry
-from shared.control import JoinRequest
+from shared.contracts.control import JoinRequest
 from shared.events import Envelope, EventPayload, NodeHeartbeat, ParticipantJoined, RoomCreated
 
 DC = "dc1"

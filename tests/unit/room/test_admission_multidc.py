@@ -8,7 +8,7 @@ import time
 from services.room.admission import Admissions
 from services.room.placement import NodePlacement
 from services.room.state import RoomRegistry
-from shared.control import JoinRequest
+from shared.contracts.control import JoinRequest
 from shared.events import (
     Envelope,
     EventPayload,

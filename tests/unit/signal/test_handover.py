@@ -10,7 +10,7 @@ from services.signal.handover import BridgeRef, plan, queries_by_node, shutdown_
 from services.signal.rtc import DOWN_QUEUE, Bridge, RtcEndpoint
 from shared.auth import TokenVerifier
 from shared.bus import BusTimeout
-from shared.control import ResumableAnswer, ResumableQuery
+from shared.contracts.control import ResumableAnswer, ResumableQuery
 
 BRIDGES = [BridgeRef("PA_a", "media-1", "c-a", "js"), BridgeRef("PA_b", "media-2", "c-b", "swift"),
            BridgeRef("PA_c", "media-1", "c-c", "js")]

@@ -6,7 +6,7 @@ import asyncio
 
 from services.signal.uplink import UpLinks
 from shared.bus import NoResponders
-from shared.control import RESYNC_HEADER, CloseSession
+from shared.contracts.control import RESYNC_HEADER, CloseSession
 
 
 class FakeBus:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from shared.control import ControlMessage
-from shared.subjects import check_dc, media_node_subject
+from shared.contracts.control import ControlMessage
+from shared.contracts.subjects import check_dc, media_node_subject
 
 RELAY_QUEUE = "relay"
 DEFAULT_TTL_S = 5.0
