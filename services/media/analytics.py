@@ -1,5 +1,5 @@
 """Track analytics: per published track and per subscriber leg, snapshots of what this node
-receives and sends, turned into `TrackTelemetry` / `SubscriptionTelemetry` payloads.
+receives and sends (telemetry.py turns them into `TrackTelemetry` / `SubscriptionTelemetry` events).
 
 Nothing here runs per packet. The hot path already keeps cumulative counters (ReceiveStats per
 incoming stream, OutgoingTrack per subscriber leg); subscriber RTCP (receiver reports, NACK,
@@ -13,24 +13,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from shared.events import (
     LayerStats,
     LayerSwitch,
     LayerSwitchReason,
-    SubscriptionTelemetry,
     TrackKind,
-    TrackTelemetry,
 )
 
 from .receive_stats import ReceiveStats
 from .rtp import rtcp
 
-if TYPE_CHECKING:
-    from .track import PublishedTrack
-
-__all__ = ["RTP_HEADER_BYTES", "LegCounters", "LegStats", "TrackAnalytics", "TrackSample", "rate", "track_telemetry"]
+__all__ = ["RTP_HEADER_BYTES", "LegCounters", "LegStats", "TrackAnalytics", "TrackSample", "rate"]
 
 RTP_HEADER_BYTES = 12  # fixed header; what getStats leaves out of bytesReceived
 SENDING_SMOOTHING = 0.5  # weight of the newest tick (0.5 s) in a leg's sending rate
@@ -173,43 +168,3 @@ class TrackAnalytics:
         return TrackSample(interval_ms=int(seconds * 1000), bitrate_bps=round(bitrate, 1), fps=round(best_fps, 2),
                            frames_total=best_frames, packet_loss=round(worst_loss, 4),
                            jitter_ms=round(worst_jitter, 2), layers=layers, legs=leg_rates)
-
-
-def track_telemetry(track: PublishedTrack, now: float) -> tuple[TrackTelemetry, list[SubscriptionTelemetry]]:
-    """One sample of a published track and of each of its subscriber legs."""
-    from .remote import RemoteTrack  # (remote imports track, which imports this module)
-
-    publisher = track.publisher
-    if isinstance(track, RemoteTrack):  # received from another node through the relay
-        project, room, room_sid = track.project, track.room_name, ""
-    else:
-        spec = track.publisher.spec
-        project, room, room_sid = spec.project, spec.room.name, spec.room.sid
-    subs = track.subscriptions()
-    streams = track.layer_streams()
-    sample = track.analytics.snapshot(now, track.bytes_in, streams, track.active_layers(now),
-                                      [(sub, sub.stats) for sub in subs])
-    kind = track.analytics.kind
-    common = {"project": project, "room": room, "room_sid": room_sid, "track_sid": track.sid,
-              "kind": kind, "interval_ms": sample.interval_ms}
-    dynacast = track.dynacast.max_layer if track.dynacast is not None else None
-    head = TrackTelemetry(
-        **common, participant_sid=publisher.sid, identity=publisher.identity, mime_type=track.info.mime_type,
-        bytes_total=track.bytes_in, packets_total=track.packets_in, frames_total=sample.frames_total,
-        bitrate_bps=sample.bitrate_bps, fps=sample.fps, packet_loss=sample.packet_loss, jitter_ms=sample.jitter_ms,
-        plis_total=track.plis_sent, layers=sample.layers if track.rids else [], dynacast_max_layer=dynacast,
-        subscribers=len(subs))
-    legs: list[SubscriptionTelemetry] = []
-    for sub in subs:
-        stats = sub.stats
-        bitrate, fps = sample.legs.get(sub.leg_key, (0.0, 0.0))
-        down = sub.down
-        legs.append(SubscriptionTelemetry(
-            **common, publisher_sid=publisher.sid, participant_sid=sub.session.sid, identity=sub.session.identity,
-            bytes_total=sub.bytes_sent, packets_total=sub.packets_sent, frames_total=stats.frames,
-            bitrate_bps=round(bitrate, 1), fps=round(fps, 2), packet_loss=round(stats.loss, 4),
-            jitter_ms=round(stats.jitter_ms, 2), rtt_ms=round(stats.rtt_ms, 1), remb_bps=stats.remb_bps,
-            nacks_total=stats.nacks, plis_total=stats.plis, firs_total=stats.firs, layer=sub.forwarding_layer,
-            target_layer=down.target_layer if down is not None else -1, requested_layer=sub.requested_layer,
-            bandwidth_cap=sub.bwe.cap, paused=sub.paused, switches=stats.take_switches()))
-    return head, legs

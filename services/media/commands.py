@@ -7,7 +7,7 @@ import base64
 from livekit.protocol import models, rtc
 from livekit.protocol import room as room_pb
 
-from shared.contracts.control import CommandResult, MediaCommand, PermissionSpec
+from shared.contracts.control import CommandResult, MediaCommand
 
 from .data import server_data
 from .room import NodeRoom
@@ -69,11 +69,3 @@ async def apply_command(room: NodeRoom, command: MediaCommand) -> CommandResult:
         return CommandResult()
     raise CommandError(f"unknown command {op!r}")
 
-
-def permission_spec(permission: models.ParticipantPermission) -> PermissionSpec:
-    return PermissionSpec(
-        can_subscribe=permission.can_subscribe, can_publish=permission.can_publish,
-        can_publish_data=permission.can_publish_data, can_publish_sources=list(permission.can_publish_sources),
-        can_update_metadata=permission.can_update_metadata, hidden=permission.hidden,
-        recorder=permission.recorder, agent=permission.agent,
-    )

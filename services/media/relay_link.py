@@ -12,7 +12,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from shared.relay_wire import (
     NOT_SIMULCAST,
@@ -25,10 +25,6 @@ from shared.relay_wire import (
 
 from .rtp import rtcp
 from .rtp.selector import RID_TO_LAYER
-
-if TYPE_CHECKING:
-    from .remote import RemoteTrack
-    from .track import PublishedTrack
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +57,35 @@ class TrackExports:
             self.link.sendto(data, addr)
 
 
+class ExportedTrack(Protocol):
+    """A local track other nodes receive through the relay (a PublishedTrack)."""
+
+    sid: str
+    closed: bool
+    layers: list[int]
+    exports: TrackExports | None
+
+    def request_keyframe(self, layer: int) -> None: ...
+
+
+class RelayedTrack(Protocol):
+    """A track of another node whose media arrives on this socket (a RemoteTrack)."""
+
+    stream: int
+
+    def on_rtp(self, rid: str, packet: bytes) -> None: ...
+
+    def on_publisher_rtcp(self, packet: rtcp.RtcpPacket) -> None: ...
+
+
 class RelayLink:
     def __init__(self, bind_ip: str, advertise_ip: str) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         self.sock.bind((bind_ip, 0))
         self.address = (advertise_ip, self.sock.getsockname()[1])
-        self.remote: dict[int, RemoteTrack] = {}  # stream id -> track arriving through the relay
-        self.exported: dict[int, PublishedTrack] = {}  # stream id -> local track sent to the relay
+        self.remote: dict[int, RelayedTrack] = {}  # stream id -> track arriving through the relay
+        self.exported: dict[int, ExportedTrack] = {}  # stream id -> local track sent to the relay
         self.packets_in = 0
         self.bytes_in = 0
         self.packets_out = 0
@@ -101,7 +118,7 @@ class RelayLink:
         self.packets_out += 1
         self.bytes_out += len(data)
 
-    def export(self, track: PublishedTrack, deliver_to: tuple[str, int], ttl_s: float) -> None:
+    def export(self, track: ExportedTrack, deliver_to: tuple[str, int], ttl_s: float) -> None:
         """Start, refresh (ttl_s > 0) or stop (ttl_s == 0) sending a local track to a relay."""
         exports = track.exports
         if exports is None:
@@ -125,7 +142,7 @@ class RelayLink:
             if track.closed or exports is None or not exports.targets:
                 del self.exported[stream]
 
-    def request_keyframe(self, track: RemoteTrack, layer: int, relay: tuple[str, int]) -> None:
+    def request_keyframe(self, track: RelayedTrack, layer: int, relay: tuple[str, int]) -> None:
         self.sendto(encode_local(LocalType.KEYFRAME, track.stream, layer), relay)
 
     # ---- in -------------------------------------------------------------------------------

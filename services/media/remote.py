@@ -2,8 +2,9 @@
 
 A `RemoteTrack` is a `PublishedTrack` whose RTP arrives from the relay instead of a publisher
 PeerConnection: local subscribers attach to it exactly as to a local track, and its keyframe
-requests travel back through the relay. `RemoteRoomSync` applies the roster's changes to the
-node's part of the room: ParticipantUpdates to local clients, tracks created and subscribed.
+requests travel back through the relay. `RemoteRoomSync` folds the room's events into the
+roster and tells the node's room (a `RemoteRoomListener`) what changed: participants to
+announce, tracks to register (and auto-subscribe, which is the room's decision) or drop.
 """
 
 from __future__ import annotations
@@ -11,21 +12,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from livekit.protocol import models
 
 from shared.events import Envelope
 from shared.relay_wire import stream_id
 
+from .ports import Subscriber
+from .relay_link import RelayLink
 from .roster import ChangeKind, RemoteParticipantState, RemoteRoster, RemoteTrackState
 from .rtp.selector import RID_TO_LAYER
 from .track import PublishedTrack
-
-if TYPE_CHECKING:
-    from .relay_link import RelayLink
-    from .room import NodeRoom
-    from .session import Session
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +43,14 @@ class RemoteParticipant:
         self.closed = False
 
     @property
+    def is_local(self) -> bool:
+        return False
+
+    @property
     def hidden(self) -> bool:
         return self.state.info.permission.hidden
 
-    def allows(self, subscriber: Session, track_sid: str) -> bool:
+    def allows(self, subscriber: Subscriber, track_sid: str) -> bool:
         # Subscription permissions are enforced by the publisher's own node for its local
         # subscribers; rules set on another node are not replicated yet.
         return True
@@ -57,7 +59,7 @@ class RemoteParticipant:
 class RemoteTrack(PublishedTrack):
     def __init__(self, publisher: RemoteParticipant, state: RemoteTrackState, link: RelayLink, room: str,
                  project: str) -> None:
-        super().__init__(publisher, state.info, "", state.wire)
+        super().__init__(publisher, state.info, "", state.wire, project=project, room_name=room)
         self.stream = stream_id(self.sid)
         self.link = link
         self.room_name = room
@@ -95,7 +97,7 @@ class RemoteTrack(PublishedTrack):
     def wanted(self) -> bool:
         return bool(self._subs) and not self.closed
 
-    def add_subscriber(self, session: Session) -> None:
+    def add_subscriber(self, session: Subscriber) -> None:
         first = not self._subs
         super().add_subscriber(session)
         if first and self.on_wanted is not None:
@@ -106,13 +108,30 @@ class RemoteTrack(PublishedTrack):
             self.link.request_keyframe(self, layer, self.relay)
 
 
+class RemoteRoomListener(Protocol):
+    """The node's part of the room, told what changed among the participants of other nodes."""
+
+    @property
+    def name(self) -> str: ...
+
+    def has_track(self, track_sid: str) -> bool: ...
+
+    def remote_participant_changed(self, info: models.ParticipantInfo) -> None: ...
+
+    def remote_track_added(self, track: RemoteTrack) -> None: ...
+
+    def remote_track_removed(self, track: RemoteTrack) -> None: ...
+
+
 class RemoteRoomSync:
-    def __init__(self, room: NodeRoom, node_id: str, link: RelayLink, on_wanted: Callable[[], None]) -> None:
+    def __init__(self, room: RemoteRoomListener, node_id: str, link: RelayLink, on_wanted: Callable[[], None]) -> None:
         self.room = room
         self.roster = RemoteRoster(node_id)
         self.link = link
         self.on_wanted = on_wanted
         self.participants: dict[str, RemoteParticipant] = {}
+        self.tracks: dict[str, RemoteTrack] = {}
+        self._added: list[RemoteTrack] = []  # during apply(): known, not yet handed to the room
 
     def infos(self) -> list[models.ParticipantInfo]:
         return [p.state.info for p in self.participants.values() if not p.hidden]
@@ -121,7 +140,6 @@ class RemoteRoomSync:
         if env.room != self.room.name:
             return
         changes = self.roster.apply(env)
-        to_subscribe: list[RemoteTrack] = []
         updated: list[str] = []
         for change in changes:
             if change.kind is ChangeKind.JOINED:
@@ -134,11 +152,10 @@ class RemoteRoomSync:
                 if (gone := self.participants.pop(change.participant_sid, None)) is not None:
                     gone.closed = True
                     if not gone.hidden:
-                        self.room.broadcast_participant(gone.state.info)
+                        self.room.remote_participant_changed(gone.state.info)
             elif change.kind is ChangeKind.TRACK_ADDED:
                 track = self._add_track(change.participant_sid, change.track_sid)
                 if track is not None:
-                    to_subscribe.append(track)
                     log.info("remote track %s of %s (node %s, %s) known here %d ms after it was published",
                              track.sid, track.publisher.identity, track.origin_node, track.origin_dc,
                              int(time.time() * 1000) - env.ts)
@@ -147,30 +164,32 @@ class RemoteRoomSync:
         for sid in dict.fromkeys(updated):
             participant = self.participants.get(sid)
             if participant is not None and not participant.hidden:
-                self.room.broadcast_participant(participant.state.info)
-        for track in to_subscribe:
-            for session in self.room.visible_sessions():
-                if session.spec.auto_subscribe and session.permission.can_subscribe:
-                    session.subscribe(track)
+                self.room.remote_participant_changed(participant.state.info)
+        # Tracks are offered to local sessions after the participant updates that announce them.
+        for track in self._added:
+            self.room.remote_track_added(track)
+        self._added.clear()
 
     def _add_track(self, participant_sid: str, track_sid: str) -> RemoteTrack | None:
         participant = self.participants.get(participant_sid)
-        if participant is None or track_sid in self.room.tracks:
+        if participant is None or track_sid in self.tracks or self.room.has_track(track_sid):
             return None
         state = participant.state.tracks[track_sid]
         track = RemoteTrack(participant, state, self.link, self.room.name, participant.state.project)
         track.on_wanted = self.on_wanted
-        self.room.tracks[track_sid] = track
+        self.tracks[track_sid] = track
         self.link.remote[track.stream] = track
+        self._added.append(track)
         return track
 
     def _remove_track(self, track_sid: str) -> None:
-        track = self.room.tracks.get(track_sid)
-        if not isinstance(track, RemoteTrack):
+        track = self.tracks.pop(track_sid, None)
+        if track is None:
             return
-        del self.room.tracks[track_sid]
-        for session in list(track.subscribers()):
-            session.unsubscribe(track)
+        if track in self._added:
+            self._added.remove(track)
+        else:
+            self.room.remote_track_removed(track)
         track.close()
         if self.link.remote.get(track.stream) is track:
             del self.link.remote[track.stream]
@@ -183,4 +202,4 @@ class RemoteRoomSync:
         self.participants.clear()
 
     def remote_tracks(self) -> list[RemoteTrack]:
-        return [t for t in self.room.tracks.values() if isinstance(t, RemoteTrack)]
+        return list(self.tracks.values())

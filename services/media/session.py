@@ -1,9 +1,14 @@
 """One participant's LiveKit session on this media node.
 
-Speaks the session protocol over the signal bridge (JoinResponse first, subscriber-primary
-offer, answers echoing offer ids, trickle, track publication, mute, updates, data) and owns the
+Speaks the session protocol with the client (JoinResponse first, subscriber-primary offer,
+answers echoing offer ids, trickle, track publication, mute, updates, data) and owns the
 participant's two PeerConnections. Every PeerConnection operation runs under a deadline; any
 failure closes the session unconditionally so nothing wedges.
+
+What concerns other participants goes to the room through `SessionRoom`, which the room
+implements: the session reports (published, muted, left, sent data) and the room decides who
+else hears of it or subscribes. Frames for the client go out through a `ClientChannel`.
+Negotiation and subscription state live in their own pure modules.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
@@ -25,41 +30,101 @@ from shared.events import Direction
 from shared.tasks import background
 
 from . import protocol
-from .data import DataSenderState, route_data
+from .data import DataSenderState, RoutedData, route_data
+from .negotiation import PC_DEADLINE, SubscriberNegotiation
+from .ports import Subscriber
 from .resume import Detachment, ReliableLog, catch_up_update, receive_states, wanted_subscriptions
-from .room import NodeRoom
 from .rtp import rtcp
+from .signalling import SignalDispatch
+from .subscriptions import Step, SubscriptionState, permission_allows
 from .track import PublishedTrack, wire_from_media
 from .usage import Counters, UsageMeter
 from .webrtc.peer import MediaPeer
 
-if TYPE_CHECKING:
-    from .node import MediaNode
-
 log = logging.getLogger(__name__)
 
-PC_DEADLINE = 10.0  # seconds any single PeerConnection operation may take
 ICE_DEADLINE = 20.0  # a session whose transports never connect is released
-OFFER_COALESCE = 0.1  # seconds a subscriber offer waits for more subscription changes
 RESYNC_FRAME = b""  # queued in order with the client's frames (signal never forwards an empty one)
 SOURCE_NAMES = {models.TrackSource.CAMERA: "camera", models.TrackSource.MICROPHONE: "microphone",
                 models.TrackSource.SCREEN_SHARE: "screen_share",
                 models.TrackSource.SCREEN_SHARE_AUDIO: "screen_share_audio"}
 
 
+class ClientChannel(Protocol):
+    """Where a session's frames for its client go (the signal instance serving the WebSocket)."""
+
+    async def send_to_client(self, sid: str, data: bytes, close_reason: str | None,
+                             connection_id: str = "") -> None: ...
+
+
+class SessionRoom(Protocol):
+    """What a session reads of its room and reports to it (NodeRoom implements it)."""
+
+    tracks: dict[str, PublishedTrack]
+
+    @property
+    def name(self) -> str: ...
+
+    def proto(self) -> models.Room: ...
+
+    def others_for_join(self, session: Session) -> list[models.ParticipantInfo]: ...
+
+    def others_now(self, session: Session) -> list[models.ParticipantInfo]: ...
+
+    def recent_departures(self) -> dict[str, models.ParticipantInfo]: ...
+
+    def auto_subscriptions(self, session: Session) -> set[str]: ...
+
+    def session_started(self, session: Session) -> None: ...
+
+    def participant_changed(self, session: Session) -> None: ...
+
+    def session_active(self, session: Session) -> None: ...
+
+    def participant_updated(self, session: Session) -> None: ...
+
+    def track_published(self, session: Session, track: PublishedTrack) -> None: ...
+
+    def track_unpublished(self, session: Session, track: PublishedTrack) -> None: ...
+
+    def track_muted(self, session: Session, track: PublishedTrack) -> None: ...
+
+    def subscription_permission_changed(self, session: Session) -> None: ...
+
+    def data_received(self, session: Session, routed: RoutedData) -> None: ...
+
+    def session_departed(self, session: Session) -> None: ...
+
+    def session_disconnected(self, session: Session) -> None: ...
+
+    def session_closed(self, session: Session, reason: int) -> None: ...
+
+
+PeerFactory = Callable[[str, str], MediaPeer]  # (role, label) -> PeerConnection wrapper
+
+
+def _media_peer(role: str, label: str) -> MediaPeer:
+    return MediaPeer(role=role, label=label)
+
+
 class Session:
-    def __init__(self, node: MediaNode, room: NodeRoom, spec: OpenSession) -> None:
-        self.node = node
+    def __init__(self, spec: OpenSession, room: SessionRoom, channel: ClientChannel, *, node_id: str,
+                 region: str, new_track_sid: Callable[[int], str], make_peer: PeerFactory = _media_peer) -> None:
         self.room = room
+        self.channel = channel
         self.spec = spec
+        self.node_id = node_id
+        self.region = region
+        self._new_track_sid = new_track_sid
         self.sid = spec.participant_sid
         self.identity = spec.identity
         self.permission = spec.permission
         self.info = models.ParticipantInfo(
             sid=self.sid, identity=spec.identity, name=spec.name, metadata=spec.metadata,
             state=models.ParticipantInfo.State.JOINING, joined_at=int(time.time()),
-            joined_at_ms=int(time.time() * 1000), kind=spec.kind, permission=protocol.permission_proto(spec.permission),
-            region=node.settings.region or node.settings.dc, client_protocol=spec.client.client_protocol,
+            joined_at_ms=int(time.time() * 1000), kind=spec.kind,  # type: ignore[arg-type]  # (stubs want the enum; protobuf takes its value)
+            permission=protocol.permission_proto(spec.permission),
+            region=region, client_protocol=spec.client.client_protocol,
         )
         self.info.attributes.update(spec.attributes)
         self.version = 0
@@ -69,17 +134,24 @@ class Session:
         self._tracks_by_mid: dict[str, PublishedTrack] = {}
         self.pending_tracks: dict[str, rtc.AddTrackRequest] = {}  # cid -> request
         self.pending_sids: dict[str, str] = {}  # cid -> assigned track sid
-        self.subscriptions: set[str] = set()  # track sids this participant receives
-        self.wanted: set[str] = set()  # track sids it asked for (or auto-subscribed), allowed or not
-        self.denied: set[str] = set()  # wanted but refused by the publisher's subscription permission
+        self.subs = SubscriptionState()
         self.permission_rules: rtc.SubscriptionPermission | None = None  # None: everyone may subscribe
         self.data_state = DataSenderState(self.sid, self.identity)
         # bytes/packets sent on subscriptions that ended, by track, so metering never goes back
         self.downstream_done: dict[str, tuple[int, int]] = {}
         self.usage = UsageMeter(spec.project, spec.room.name, spec.room.sid, self.sid, spec.identity,
                                 started_ms=int(time.time() * 1000))
-        self.publisher = MediaPeer(role="publisher", label=f"{self.sid}/pub")
-        self.subscriber = MediaPeer(role="subscriber", label=f"{self.sid}/sub")
+        self.publisher = make_peer("publisher", f"{self.sid}/pub")
+        self.subscriber = make_peer("subscriber", f"{self.sid}/sub")
+        self.negotiation = SubscriberNegotiation(
+            lambda ice_restart: self.subscriber.create_offer(ice_restart=ice_restart), self.send, lambda: self.closed)
+        self._dispatch = SignalDispatch({
+            "offer": self._on_offer, "answer": self._on_answer, "trickle": self._on_trickle,
+            "add_track": self._on_add_track, "mute": self._on_mute, "subscription": self._on_subscription,
+            "track_setting": self._on_track_setting, "leave": self._on_leave,
+            "update_metadata": self._on_update_metadata, "subscription_permission": self._on_subscription_permission,
+            "sync_state": self._on_sync_state,
+        })
         # The signal WebSocket serving the session now; None while detached (resume.py).
         self.connection_id = spec.connection_id
         self.signal_node = spec.signal_node
@@ -93,15 +165,19 @@ class Session:
         self._inbox: asyncio.Queue[bytes] = asyncio.Queue(4096)
         self._reader = asyncio.create_task(self._read_loop(), name=f"session-in-{self.sid}")
         self._tasks: set[asyncio.Task[object]] = set()
-        self._offer_id = 0
-        self._negotiating = False  # an offer is being built or waits for its answer
-        self._outstanding_offer: rtc.SignalResponse | None = None  # sent, not answered yet
-        self._changes = 0  # subscription changes requested so far ...
-        self._offered = 0  # ... and how many of them the last offer covers
-        self._subscribe_existing = False
-        self._first_answered = False
-        self._deferred: set[str] = set()  # subscriptions asked for before the first answer
         self._connect_watch: asyncio.Task[None] | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return True
+
+    @property
+    def subscriptions(self) -> set[str]:
+        """Track sids this participant receives."""
+        return self.subs.subscribed
+
+    def wants(self, track_sid: str) -> bool:
+        return track_sid in self.subs.wanted
 
     # ---- outbound frames ------------------------------------------------------------------
     def usage_totals(self) -> dict[tuple[str, Direction], Counters]:
@@ -145,10 +221,14 @@ class Session:
             return
         self._outbox.put_nowait((frame, None, self.connection_id))
 
+    def send_rtcp(self, packet: bytes) -> None:
+        """RTCP for the publisher's client (keyframe requests of its tracks)."""
+        self.publisher.send_rtcp(packet)
+
     async def _write_loop(self) -> None:
         while True:
             data, close_reason, connection_id = await self._outbox.get()
-            await self.node.send_to_client(self.sid, data, close_reason, connection_id)
+            await self.channel.send_to_client(self.sid, data, close_reason, connection_id)
             if close_reason is not None:
                 return
 
@@ -174,7 +254,7 @@ class Session:
         return self.info
 
     def announce(self) -> None:
-        self.room.broadcast_participant(self.bump(), hidden=self.permission.hidden)
+        self.room.participant_changed(self)
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -183,18 +263,16 @@ class Session:
         self.subscriber.on_state = lambda state: self._on_transport_state("subscriber", state)
         self.publisher.on_rtp_track = self.route_rtp
         self.publisher.on_rtcp = self._on_publisher_rtcp
-        others = [s.bump() for s in self.room.visible_sessions(exclude=self.sid)] + self.room.remote_infos()
+        others = self.room.others_for_join(self)
         self.info.state = models.ParticipantInfo.State.JOINED
-        self.send(protocol.join_response(self.room.proto(), self.bump(), others, self.node.node_id,
-                                         self.node.settings.region or self.node.settings.dc))
-        self.room.broadcast_participant(self.info, exclude=self.sid, hidden=self.permission.hidden)
+        self.send(protocol.join_response(self.room.proto(), self.bump(), others, self.node_id, self.region))
+        self.room.session_started(self)
         for label, ordered in (("_reliable", True), ("_lossy", False)):
             self.subscriber.create_data_channel(label, ordered=ordered, max_retransmits=None if ordered else 0)
         # The first offer carries only the data channels: aiortc 1.16 stops the shared transport
         # when a BUNDLE group's first m-line is media and the SCTP transport comes later, so the
         # room's existing tracks follow in a second offer, once this one is answered.
-        self._subscribe_existing = self.spec.auto_subscribe and self.permission.can_subscribe
-        self.spawn(self.negotiate_subscriber(), "subscriber-offer")
+        self.spawn(self.negotiation.negotiate(), "subscriber-offer")
         self._connect_watch = asyncio.create_task(self._watch_connect(), name=f"connect-watch-{self.sid}")
         self.spawn(self._publisher_rtcp_loop(), "publisher-rtcp")
 
@@ -217,7 +295,7 @@ class Session:
             self.active = True
             self.info.state = models.ParticipantInfo.State.ACTIVE
             self.announce()
-            self.node.participant_active(self)
+            self.room.session_active(self)
         elif state in ("failed", "closed") and not self.closed:
             log.warning("session %s: %s PeerConnection %s; closing the session", self.sid, which, state)
             # LiveKit answers a failed transport with leave{RESUME}; this node cannot ICE-restart
@@ -245,15 +323,14 @@ class Session:
             self.unsubscribe(track, negotiate=False)  # keeps its sent bytes for the last usage sample
         self.info.state = models.ParticipantInfo.State.DISCONNECTED
         self.info.disconnect_reason = reason  # type: ignore[assignment]
-        self.room.sessions.pop(self.sid, None)
-        self.room.broadcast_participant(self.bump(), exclude=self.sid, hidden=self.permission.hidden)
+        self.room.session_departed(self)
         await asyncio.gather(self.publisher.close(), self.subscriber.close(), return_exceptions=True)
-        self.node.report_usage(self)  # the last interval, after the sockets are closed
+        self.room.session_disconnected(self)  # the last usage interval, after the sockets are closed
         if send_leave and self.detachment is None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._writer), 2)
         self._writer.cancel()
-        self.node.session_closed(self, reason)
+        self.room.session_closed(self, reason)
 
     # ---- inbound frames -------------------------------------------------------------------
     def enqueue(self, data: bytes) -> None:
@@ -291,15 +368,7 @@ class Session:
         if data == RESYNC_FRAME:
             self.resync()
             return
-        try:
-            request = rtc.SignalRequest.FromString(data)
-        except DecodeError:
-            return
-        kind = request.WhichOneof("message")
-        handler: Callable[[rtc.SignalRequest], Awaitable[None]] | None = getattr(self, f"_on_{kind}", None)
-        if handler is None:
-            return  # requests we do not act on (simulate, update_layers…) are ignored, as LiveKit ignores unknowns
-        await handler(request)
+        await self._dispatch.dispatch(data)
 
     async def _on_offer(self, request: rtc.SignalRequest) -> None:
         offer = request.offer
@@ -308,32 +377,26 @@ class Session:
         self._publish_from_sdp()
 
     async def _on_answer(self, request: rtc.SignalRequest) -> None:
-        outstanding = self._outstanding_offer
         answer_id = request.answer.id
-        if outstanding is None or answer_id not in (0, outstanding.offer.id):
+        if not self.negotiation.answers_outstanding(answer_id):
             # A second answer to an offer already answered (e.g. one we sent again after a bus
-            # outage, in case it was lost), or an answer to an older offer (JS echoes offer ids,
-            # the Rust core sends 0): applying it would fail and close a healthy session.
+            # outage, in case it was lost), or an answer to an older offer: applying it would
+            # fail and close a healthy session.
+            outstanding = self.negotiation.outstanding
             log.info("session %s: answer %d ignored (offer outstanding: %s)", self.sid, answer_id,
                      outstanding.offer.id if outstanding else "none")
             return
         await asyncio.wait_for(self.subscriber.accept_answer(request.answer.sdp), PC_DEADLINE)
-        self._outstanding_offer = None
-        self._negotiating = False
-        if not self._first_answered:
-            self._first_answered = True
-            wanted = set(self._deferred)
-            if self._subscribe_existing:
-                wanted |= {sid for sid, t in self.room.tracks.items() if t.publisher is not self}
-            self._deferred.clear()
+        if self.negotiation.answered():
+            wanted = self.subs.mark_ready() | self.room.auto_subscriptions(self)
             for sid in wanted:
                 if (track := self.room.tracks.get(sid)) is not None and track.sid not in self.subscriptions:
                     self.subscribe(track, negotiate=False)
-                    self._changes += 1
+                    self.negotiation.note_change()
         for track in self.room.tracks.values():
             track.subscriber_ready(self)
-        if self._changes > self._offered:
-            self.spawn(self.negotiate_subscriber(requested=False), "subscriber-offer")
+        if self.negotiation.pending:
+            self.spawn(self.negotiation.negotiate(requested=False), "subscriber-offer")
 
     async def _on_trickle(self, request: rtc.SignalRequest) -> None:
         trickle = request.trickle
@@ -362,7 +425,7 @@ class Session:
             self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
                 reason=rtc.RequestResponse.Reason.NOT_ALLOWED, message=f"not allowed to publish {source or 'track'}")))
             return
-        sid = self.pending_sids.get(add.cid) or self.node.new_track_sid(add.type)
+        sid = self.pending_sids.get(add.cid) or self._new_track_sid(add.type)
         self.pending_sids[add.cid] = sid
         self.pending_tracks[add.cid] = add
         info = protocol.track_info_from_request(sid, add)
@@ -378,7 +441,7 @@ class Session:
         if track.info.muted == muted:
             return
         track.info.muted = muted
-        self.node.track_muted(self, track)
+        self.room.track_muted(self, track)
         self.announce()
 
     async def _on_subscription(self, request: rtc.SignalRequest) -> None:
@@ -398,7 +461,7 @@ class Session:
                 changed = changed or sid in self.subscriptions
                 self.unsubscribe(track, negotiate=False)
         if changed:
-            self.spawn(self.negotiate_subscriber(), "subscriber-offer")
+            self.spawn(self.negotiation.negotiate(), "subscriber-offer")
 
     async def _on_track_setting(self, request: rtc.SignalRequest) -> None:
         settings = request.track_setting
@@ -430,15 +493,13 @@ class Session:
             else:
                 self.info.attributes.pop(key, None)
         self.announce()
-        self.node.participant_updated(self)
+        self.room.participant_updated(self)
         self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
             request_id=update.request_id, reason=rtc.RequestResponse.Reason.OK)))
 
     def apply_update(self, request: room_pb.UpdateParticipantRequest) -> None:
         """RoomService.UpdateParticipant: metadata, name, attributes, permission. A revoked
         can_publish unpublishes every track; revoked can_subscribe drops subscriptions."""
-        from .commands import permission_spec
-
         if request.metadata:
             self.info.metadata = request.metadata
         if request.name:
@@ -449,7 +510,7 @@ class Session:
             else:
                 self.info.attributes.pop(key, None)
         if request.HasField("permission"):
-            self.permission = permission_spec(request.permission)
+            self.permission = protocol.permission_spec(request.permission)
             self.info.permission.CopyFrom(request.permission)
             if not self.permission.can_publish:
                 for track in list(self.tracks.values()):
@@ -457,38 +518,30 @@ class Session:
                     self.unpublish(track, announce=False)
             if not self.permission.can_subscribe:
                 for sid in list(self.subscriptions):
-                    if (track := self.room.tracks.get(sid)) is not None:
-                        self.unsubscribe(track)
+                    if (received := self.room.tracks.get(sid)) is not None:
+                        self.unsubscribe(received)
         self.announce()
-        self.node.participant_updated(self)
+        self.room.participant_updated(self)
 
-    def allows(self, subscriber: Session, track_sid: str) -> bool:
-        rules = self.permission_rules
-        if rules is None or rules.all_participants:
-            return True
-        for rule in rules.track_permissions:
-            if rule.participant_sid == subscriber.sid or (
-                    rule.participant_identity and rule.participant_identity == subscriber.identity):
-                return rule.all_tracks or track_sid in rule.track_sids
-        return False
+    def allows(self, subscriber: Subscriber, track_sid: str) -> bool:
+        return permission_allows(self.permission_rules, subscriber.sid, subscriber.identity, track_sid)
 
     async def _on_subscription_permission(self, request: rtc.SignalRequest) -> None:
-        """The publisher says who may receive its tracks: denied subscribers lose the track and
-        are told; subscribers allowed again get it back if they still want it."""
+        """The publisher says who may receive its tracks; the room applies it to the others."""
         self.permission_rules = request.subscription_permission
-        for track in list(self.tracks.values()):
-            for other in list(self.room.sessions.values()):
-                if other is self or track.sid not in other.wanted:
-                    continue
-                allowed = self.allows(other, track.sid)
-                if not allowed and track.sid in other.subscriptions:
-                    other.unsubscribe(track, keep_wanted=True)
-                    other.denied.add(track.sid)
-                    other.tell_permission(self.sid, track.sid, False)
-                elif allowed and track.sid in other.denied:
-                    other.denied.discard(track.sid)
-                    other.tell_permission(self.sid, track.sid, True)
-                    other.subscribe(track)
+        self.room.subscription_permission_changed(self)
+
+    def permission_revoked(self, track: PublishedTrack) -> None:
+        """The track's publisher no longer allows this session: it loses the track (still wanting it)."""
+        if self.subs.revoke(track.sid):
+            self._drop_leg(track, negotiate=True)
+            self.tell_permission(track.publisher.sid, track.sid, False)
+
+    def permission_restored(self, track: PublishedTrack) -> None:
+        """Allowed again: a track it still wants comes back."""
+        if self.subs.restore(track.sid):
+            self.tell_permission(track.publisher.sid, track.sid, True)
+            self.subscribe(track)
 
     def tell_permission(self, publisher_sid: str, track_sid: str, allowed: bool) -> None:
         self.send(rtc.SignalResponse(subscription_permission_update=rtc.SubscriptionPermissionUpdate(
@@ -525,19 +578,16 @@ class Session:
             self._grace = None
         self.connection_id = request.connection_id
         self.signal_node = request.signal_node
-        region = self.node.settings.region or self.node.settings.dc
-        self.send(protocol.reconnect_response(self.node.node_id, region, self.data_state.last_reliable_seq))
+        self.send(protocol.reconnect_response(self.node_id, self.region, self.data_state.last_reliable_seq))
         self._send_room_state(detachment.departed if detachment else {})
-        # An offer sent while detached was lost: this one replaces it.
-        self._negotiating = False
-        self._outstanding_offer = None
-        self.spawn(self.negotiate_subscriber(ice_restart=True), "subscriber-ice-restart")
+        self.negotiation.forget_outstanding()  # an offer sent while detached was lost: this one replaces it
+        self.spawn(self.negotiation.negotiate(ice_restart=True), "subscriber-ice-restart")
         log.info("session %s resumed (reason %d, %d frame(s) missed)", self.sid, request.reconnect_reason,
                  detachment.dropped_frames if detachment else 0)
 
     def _send_room_state(self, departed: dict[str, models.ParticipantInfo]) -> None:
         """Everyone as they are now (and who left, as far as the client may not know), then the room."""
-        current = [s.info for s in self.room.visible_sessions(exclude=self.sid)] + self.room.remote_infos()
+        current = self.room.others_now(self)
         current.append(self.info)
         self.send(catch_up_update(current, departed))
         self.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.room.proto())))
@@ -547,10 +597,10 @@ class Session:
         the client meanwhile may be lost (core NATS keeps nothing for a subscriber that is not
         back yet). Bring it up to date from state, as after a resume; its transports never left."""
         self._send_room_state(self.room.recent_departures())
-        if self._outstanding_offer is not None:
+        if self.negotiation.outstanding is not None:
             # Still unanswered: it may have been lost with the bus. Sent again as it was; if the
             # client had it after all, its second answer is ignored (_on_answer).
-            self.send(self._outstanding_offer)
+            self.send(self.negotiation.outstanding)
         log.info("session %s resynchronised after a bus outage", self.sid)
 
     async def _on_sync_state(self, request: rtc.SignalRequest) -> None:
@@ -575,7 +625,7 @@ class Session:
         for payload in self.reliable_log.missed(receive_states(sync)):
             self.subscriber.send_data("_reliable", payload)
         if changed:
-            self.spawn(self.negotiate_subscriber(), "subscriber-offer")
+            self.spawn(self.negotiation.negotiate(), "subscriber-offer")
 
     # ---- publishing -----------------------------------------------------------------------
     def _publish_from_sdp(self) -> None:
@@ -597,17 +647,14 @@ class Session:
             sid = self.pending_sids[request.cid]
             self.pending_tracks.pop(request.cid, None)
             info = protocol.track_info_from_request(sid, request)
-            info.mid = media.mid
+            info.mid = media.mid or ""
             info.mime_type = media.mime_type
-            track = PublishedTrack(self, info, request.cid, wire_from_media(media))
+            track = PublishedTrack(self, info, request.cid, wire_from_media(media), feedback=self,
+                                   project=self.spec.project, room_name=self.spec.room.name,
+                                   room_sid=self.spec.room.sid)
             self.tracks[sid] = track
             self._tracks_by_mid[track.mid] = track
-            self.room.tracks[sid] = track
-            self.announce()
-            self.node.track_published(self, track)
-            for other in self.room.visible_sessions(exclude=self.sid):
-                if other.spec.auto_subscribe and other.permission.can_subscribe:
-                    other.subscribe(track)
+            self.room.track_published(self, track)
 
     def route_rtp(self, mid: str, rid: str, packet: bytes) -> None:
         track = self._tracks_by_mid.get(mid)
@@ -628,77 +675,41 @@ class Session:
     def unpublish(self, track: PublishedTrack, announce: bool = True) -> None:
         self.tracks.pop(track.sid, None)
         self._tracks_by_mid.pop(track.mid, None)
-        self.room.tracks.pop(track.sid, None)
-        for session in list(track.subscribers()):
-            session.unsubscribe(track)
-        track.close()
-        self.node.track_unpublished(self, track)
+        self.room.track_unpublished(self, track)
         if announce:
             self.announce()
 
     # ---- subscribing ----------------------------------------------------------------------
     def subscribe(self, track: PublishedTrack, negotiate: bool = True) -> None:
-        if self.closed or track.sid in self.subscriptions:
+        if self.closed:
             return
-        self.wanted.add(track.sid)
-        if not track.publisher.allows(self, track.sid):
-            if track.sid not in self.denied:
-                self.denied.add(track.sid)
-                self.tell_permission(track.publisher.sid, track.sid, False)
-            return
-        if not self._first_answered:
-            self._deferred.add(track.sid)  # media m-lines only after the data-channel offer
-            return
-        self.subscriptions.add(track.sid)
-        track.add_subscriber(self)
-        if negotiate:
-            self.spawn(self.negotiate_subscriber(), "subscriber-offer")
+        step = self.subs.subscribe(track.sid, track.publisher.allows(self, track.sid))
+        if step is Step.TELL_DENIED:
+            self.tell_permission(track.publisher.sid, track.sid, False)
+        elif step is Step.ADD_LEG:
+            track.add_subscriber(self)
+            if negotiate:
+                self.spawn(self.negotiation.negotiate(), "subscriber-offer")
 
     def unsubscribe(self, track: PublishedTrack, negotiate: bool = True, keep_wanted: bool = False) -> None:
-        if not keep_wanted:
-            self.wanted.discard(track.sid)
-            self.denied.discard(track.sid)
-        if track.sid not in self.subscriptions:
-            return
-        self.subscriptions.discard(track.sid)
+        if self.subs.unsubscribe(track.sid, keep_wanted):
+            self._drop_leg(track, negotiate)
+
+    def _drop_leg(self, track: PublishedTrack, negotiate: bool) -> None:
         if (sent := track.sent_to(self)) is not None:
             done = self.downstream_done.get(track.sid, (0, 0))
             self.downstream_done[track.sid] = (done[0] + sent[0], done[1] + sent[1])
         track.remove_subscriber(self)
         if negotiate and not self.closed:
-            self.spawn(self.negotiate_subscriber(), "subscriber-offer")
-
-    async def negotiate_subscriber(self, requested: bool = True, ice_restart: bool = False) -> None:
-        """Offer the subscriber PeerConnection's current tracks. One offer at a time: changes
-        requested while an offer is out are offered together once it is answered, and a new
-        offer waits OFFER_COALESCE so a burst (a room whose participants all publish at once)
-        lands in one offer instead of one renegotiation per track. An ICE restart goes at once."""
-        if self.closed:
-            return
-        if requested:
-            self._changes += 1
-        if self._negotiating:
-            return
-        self._negotiating = True
-        if self._first_answered and not ice_restart:  # (the first offer, data channels only, goes at once)
-            await asyncio.sleep(OFFER_COALESCE)
-        self._offered = self._changes
-        offer_sdp = await asyncio.wait_for(self.subscriber.create_offer(ice_restart=ice_restart), PC_DEADLINE)
-        self._offer_id += 1
-        offer = rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=offer_sdp, id=self._offer_id))
-        self._outstanding_offer = offer
-        self.send(offer)
+            self.spawn(self.negotiation.negotiate(), "subscriber-offer")
 
     # ---- data -----------------------------------------------------------------------------
     def _on_data(self, label: str, data: bytes) -> None:
         if label not in ("_reliable", "_lossy"):
             return
         routed = route_data(self.data_state, self.permission.can_publish_data, data, label == "_reliable")
-        if routed is None:
-            return
-        self.room.deliver_data(routed.payload, routed.reliable, routed.destinations, exclude=self.sid)
-        if self.room.remote is not None and self.room.remote.participants:
-            self.node.forward_data(self.room, routed.payload, routed.reliable)
+        if routed is not None:
+            self.room.data_received(self, routed)
 
     def deliver_data(self, payload: bytes, reliable: bool) -> None:
         if self.closed:
@@ -706,3 +717,4 @@ class Session:
         if reliable:
             self.reliable_log.record(payload)
         self.subscriber.send_data("_reliable" if reliable else "_lossy", payload)
+

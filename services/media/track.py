@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Protocol
 
 from livekit.protocol import models
 
@@ -19,7 +18,9 @@ from shared.events import LayerSwitchReason, TrackKind, TrackWire
 from .analytics import LegStats, TrackAnalytics
 from .bwe import BandwidthEstimator, rtt_from_report
 from .dynacast import NO_LAYER, Dynacast, quality_update
+from .ports import Publisher, PublisherFeedback, Subscriber
 from .receive_stats import ReceiveStats
+from .relay_link import TrackExports
 from .rtp import rtcp
 from .rtp.codecs import Codec, codec_from_mime
 from .rtp.extensions import URI_AUDIO_LEVEL, ExtensionRewriter, read_audio_level
@@ -30,10 +31,6 @@ from .webrtc.peer import OutgoingTrack
 from .webrtc.sdp import MediaSection
 from .webrtc.srtp import SCRATCH
 
-if TYPE_CHECKING:
-    from .relay_link import TrackExports
-    from .session import Session
-
 log = logging.getLogger(__name__)
 
 PLI_INTERVAL = 0.3  # seconds between keyframe requests per layer
@@ -42,15 +39,6 @@ LAYER_IDLE = 1.0  # a simulcast layer with no packet for this long counts as sto
 # its first seconds, which is what lets a camera reach its top simulcast layer without TWCC.
 MAX_VIDEO_BITRATE = 3_000_000
 SERVER_SSRC = 1  # sender SSRC we put in RTCP feedback towards publishers
-
-
-class Publisher(Protocol):
-    """Who publishes a track: a local session or a participant on another node."""
-
-    sid: str
-    identity: str
-
-    def allows(self, subscriber: Session, track_sid: str) -> bool: ...
 
 
 def wire_from_media(media: MediaSection) -> TrackWire:
@@ -69,7 +57,7 @@ class Subscription:
 
     __slots__ = ("bwe", "down", "outgoing", "paused", "requested_layer", "session", "stats")
 
-    def __init__(self, session: Session, outgoing: OutgoingTrack, top_layer: int = 2) -> None:
+    def __init__(self, session: Subscriber, outgoing: OutgoingTrack, top_layer: int = 2) -> None:
         self.session = session
         self.outgoing = outgoing
         self.down: DownTrack | None = None
@@ -98,8 +86,14 @@ class Subscription:
 
 
 class PublishedTrack:
-    def __init__(self, publisher: Publisher, info: models.TrackInfo, cid: str, wire: TrackWire) -> None:
+    def __init__(self, publisher: Publisher, info: models.TrackInfo, cid: str, wire: TrackWire, *,
+                 feedback: PublisherFeedback | None = None, project: str = "", room_name: str = "",
+                 room_sid: str = "") -> None:
         self.publisher = publisher
+        self.feedback = feedback  # None for a track received from another node: its node talks to the publisher
+        self.project = project
+        self.room_name = room_name
+        self.room_sid = room_sid
         self.info = info
         self.sid = info.sid
         self.cid = cid
@@ -132,8 +126,9 @@ class PublishedTrack:
         self.dropped_in = 0
         self.plis_sent = 0
         self.analytics = TrackAnalytics(TrackKind.AUDIO if self.kind == "audio" else TrackKind.VIDEO, self.clock_rate)
+        # Dynacast talks to the publisher's own client; another node runs it for its own tracks.
         self.dynacast = Dynacast(self.layers) if self.kind == "video" and len(self.layers) > 1 and \
-            self._local_publisher() else None
+            feedback is not None else None
         self.exports: TrackExports | None = None  # relay destinations, set while other nodes subscribe
         self.closed = False
 
@@ -191,8 +186,14 @@ class PublishedTrack:
         self.plis_sent += 1
         self.send_keyframe_request(layer, ssrc)
 
+    @property
+    def is_local(self) -> bool:
+        """Published by a session of this node (not received through the relay)."""
+        return self.publisher.is_local
+
     def send_keyframe_request(self, layer: int, ssrc: int) -> None:
-        self.publisher.publisher.send_rtcp(rtcp.build_pli(SERVER_SSRC, ssrc))  # type: ignore[attr-defined]
+        if self.feedback is not None:
+            self.feedback.send_rtcp(rtcp.build_pli(SERVER_SSRC, ssrc))
 
     def tick(self, now: float) -> list[bytes]:
         """Periodic (not per packet): follow the layers the publisher really sends, and build the
@@ -206,9 +207,9 @@ class PublishedTrack:
             if self.exports is not None and self.exports.targets:
                 needed.append(self.top_layer)  # other nodes' subscribers: their needs are not known here
             max_layer = self.dynacast.update(needed, now)
-            if max_layer is not None:
+            if max_layer is not None and self.feedback is not None:
                 log.info("track %s: dynacast keeps layers up to %d", self.sid, max_layer)
-                self.publisher.send(quality_update(self.sid, self.info.mime_type, self.layers, max_layer))
+                self.feedback.send(quality_update(self.sid, self.info.mime_type, self.layers, max_layer))
         self.analytics.accumulate(now, self.layer_streams(),
                                   ((sub.stats, sub.forwarding_layer, sub.bytes_sent) for sub in self._active))
         out: list[bytes] = []
@@ -229,13 +230,6 @@ class PublishedTrack:
                 values = sub.down.translate_sender_report(packet.ssrc, packet.ntp, packet.rtp_timestamp)  # type: ignore[union-attr]
                 if values is not None:
                     sub.outgoing.sync_sender_report(*values)
-
-    def _local_publisher(self) -> bool:
-        """Dynacast talks to the publisher's own session; a remote track's publisher is on
-        another node, which runs dynacast for it."""
-        from .remote import RemoteParticipant  # (remote imports this module)
-
-        return not isinstance(self.publisher, RemoteParticipant)
 
     def active_layers(self, now: float) -> list[int]:
         """Simulcast layers with packets within LAYER_IDLE (all layers of a non-simulcast track)."""
@@ -262,7 +256,7 @@ class PublishedTrack:
             "packets_dropped_total": self.dropped_in + sum(d.packets_dropped for d in downs),
         }
 
-    def sent_to(self, session: Session) -> tuple[int, int] | None:
+    def sent_to(self, session: Subscriber) -> tuple[int, int] | None:
         """(SRTP bytes, packets) sent to that subscriber so far, if it subscribes."""
         sub = self._subs.get(session.sid)
         if sub is None:
@@ -273,10 +267,10 @@ class PublishedTrack:
         return ssrc in self._caches
 
     # ---- subscribers ----------------------------------------------------------------------
-    def subscribers(self) -> list[Session]:
+    def subscribers(self) -> list[Subscriber]:
         return [sub.session for sub in self._subs.values()]
 
-    def add_subscriber(self, session: Session) -> None:
+    def add_subscriber(self, session: Subscriber) -> None:
         if session.sid in self._subs or self.closed:
             return
         codec_name = "opus" if self.kind == "audio" else self.codec.name
@@ -286,7 +280,7 @@ class PublishedTrack:
         outgoing.on_rtcp = lambda data, sub=sub: self._on_subscriber_rtcp(sub, data)
         self._subs[session.sid] = sub
 
-    def subscriber_ready(self, session: Session) -> None:
+    def subscriber_ready(self, session: Subscriber) -> None:
         """The subscriber answered an offer carrying our m-line: start forwarding to it."""
         sub = self._subs.get(session.sid)
         if sub is None or sub.down is not None or not sub.outgoing.negotiated:
@@ -312,7 +306,7 @@ class PublishedTrack:
             rewriter = self._rewriters[key] = ExtensionRewriter(self.extension_ids, subscriber_ids, mid)
         return rewriter
 
-    def remove_subscriber(self, session: Session) -> None:
+    def remove_subscriber(self, session: Subscriber) -> None:
         sub = self._subs.pop(session.sid, None)
         if sub is None:
             return
@@ -320,7 +314,7 @@ class PublishedTrack:
         if not session.closed:
             session.spawn(session.subscriber.remove_outgoing(sub.outgoing), "remove-outgoing")
 
-    def update_settings(self, session: Session, disabled: bool, width: int, height: int, quality: int) -> None:
+    def update_settings(self, session: Subscriber, disabled: bool, width: int, height: int, quality: int) -> None:
         sub = self._subs.get(session.sid)
         if sub is None:
             return
