@@ -50,6 +50,11 @@ def known_event_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def event_classes() -> list[type[EventPayload]]:
+    """Every declared event payload class, ordered by type name (what a fold must decide on)."""
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     id: str
