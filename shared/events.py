@@ -16,10 +16,11 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from shared.errors import ContractError
 from shared.ids import new_event_id
 
 
-class EventDecodeError(ValueError):
+class EventDecodeError(ContractError, ValueError):
     """Raised for bytes that are not a valid, known event."""
 
 

@@ -72,6 +72,7 @@ from tenacity import (
 from shared.auth import sign_webhook
 from shared.bus import Bus
 from shared.bus_consumer import Consumer, MsgMeta, event_handler_adapter
+from shared.errors import RoomError
 from shared.event_fold import FoldDispatch
 from shared.events import (
     Envelope,
@@ -306,7 +307,7 @@ def request_headers(body: bytes, api_key: str, api_secret: str) -> dict[str, str
     }
 
 
-class WebhookRejected(RuntimeError):
+class WebhookRejected(RoomError, RuntimeError):
     """The receiver answered with a non-2xx status."""
 
     def __init__(self, url: str, status: int, text: str) -> None:
