@@ -3,6 +3,10 @@
 Declared once here; services import these classes and never build event dicts by hand. An event
 is an immutable payload (a pydantic model registered under its `type` name and schema version)
 wrapped in an `Envelope` carrying identity (`id`), time, origin (`dc`, `node`) and the room.
+
+Decoding (`Envelope.from_dict`) brings a payload stored under an older version up to the current
+schema through `UPCASTERS` before validating it; folds over events decide on every type listed by
+`event_classes()` (`shared.event_fold`).
 """
 
 from __future__ import annotations
