@@ -20,6 +20,8 @@ from typing import Any
 
 import jwt
 
+from shared.errors import AccessError
+
 try:
     from jwt.warnings import InsecureKeyLengthWarning
 
@@ -43,7 +45,7 @@ _REGISTERED = {"iss", "sub", "jti", "nbf", "exp", "iat", "aud"}
 _MODELLED = {"name", "kind", "metadata", "attributes", "video", "sha256", "roomConfig", "roomPreset"}
 
 
-class AuthError(Exception):
+class AuthError(AccessError):
     """Authentication failure; `http_status` is what the HTTP layer should answer."""
 
     def __init__(self, message: str, http_status: int = 401) -> None:

@@ -44,6 +44,7 @@ from tenacity import (
 
 from shared.bus_consumer import Consumer, EventHandler, MsgMeta, RawHandler, event_handler_adapter
 from shared.contracts.subjects import check_dc, event_subject, stream_name
+from shared.errors import BusError
 from shared.events import Envelope
 from shared.replication import ensure_replica, replica_stream
 
@@ -74,7 +75,7 @@ MsgHandler = Callable[[Msg], Awaitable[None]]
 RequestHandler = Callable[[bytes], Awaitable[bytes]]
 
 
-class BusUnavailable(RuntimeError):
+class BusUnavailable(BusError, RuntimeError):
     """NATS cannot be reached (or the bus is closed)."""
 
 
@@ -82,7 +83,7 @@ class OutboxFull(BusUnavailable):
     """The outbox holds `outbox_limit` events not yet accepted by NATS."""
 
 
-class BusTimeout(TimeoutError):
+class BusTimeout(BusError, TimeoutError):
     """No (acknowledged) answer in time: request without reply/responders, unacked publish."""
 
 
@@ -90,7 +91,7 @@ class NoResponders(BusTimeout):
     """Nobody subscribes to the subject: for a per-node subject, that node's bus connection is gone."""
 
 
-class RemoteError(RuntimeError):
+class RemoteError(BusError, RuntimeError):
     """The handler behind `serve()` raised; the message is the remote error."""
 
     def __init__(self, subject: str, message: str) -> None:

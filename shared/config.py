@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shared.errors import ConfigurationError
 from shared.ids import new_node_id
 
 
-class ConfigError(ValueError):
+class ConfigError(ConfigurationError, ValueError):
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable}: {problem}")
         self.variable = variable

@@ -16,12 +16,14 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 
+from shared.errors import StoreError
+
 URL_VARIABLE = "MESHRTC_DATABASE_URL"
 SQLITE_BUSY_TIMEOUT_MS = 5000
 PG_CONNECT_TIMEOUT_S = 5
 
 
-class DatabaseUnavailable(RuntimeError):
+class DatabaseUnavailable(StoreError, RuntimeError):
     """The database cannot be reached (or its URL is unusable). The message is one line naming
     MESHRTC_DATABASE_URL, the URL without its password, and the reason."""
 

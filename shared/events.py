@@ -3,22 +3,28 @@
 Declared once here; services import these classes and never build event dicts by hand. An event
 is an immutable payload (a pydantic model registered under its `type` name and schema version)
 wrapped in an `Envelope` carrying identity (`id`), time, origin (`dc`, `node`) and the room.
+
+Decoding (`Envelope.from_dict`) brings a payload stored under an older version up to the current
+schema through `UPCASTERS` before validating it; folds over events decide on every type listed by
+`event_classes()` (`shared.event_fold`).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from shared.errors import ContractError
 from shared.ids import new_event_id
 
 
-class EventDecodeError(ValueError):
+class EventDecodeError(ContractError, ValueError):
     """Raised for bytes that are not a valid, known event."""
 
 
@@ -48,6 +54,60 @@ def event_class(type_name: str) -> type[EventPayload]:
 
 def known_event_types() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def event_classes() -> list[type[EventPayload]]:
+    """Every declared event payload class, ordered by type name (what a fold must decide on)."""
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+# A stored payload (the JSON object) of one version, rewritten into the shape of the next version.
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Upcasters:
+    """Brings a stored payload of an older schema version up to the current one, one version at a
+    time: the upcaster registered under (type, v) turns v into v+1, so a v1 payload of a v3 type
+    goes through (type, 1) then (type, 2). Events live for years in the SQL store and days in the
+    streams, so a version bump registers the step from the previous version instead of breaking
+    every reader of older events."""
+
+    def __init__(self) -> None:
+        self._steps: dict[tuple[str, int], Upcaster] = {}
+
+    def register(self, type_name: str, from_version: int, step: Upcaster) -> None:
+        current = event_class(type_name).VERSION  # unknown type: EventDecodeError
+        if not 1 <= from_version < current:
+            raise ValueError(f"{type_name} is at v{current}: no upcaster from v{from_version} can exist")
+        if (type_name, from_version) in self._steps:
+            raise ValueError(f"upcaster {type_name} v{from_version}->v{from_version + 1} declared twice")
+        self._steps[(type_name, from_version)] = step
+
+    def upcast(self, type_name: str, version: int, payload: dict[str, Any]) -> dict[str, Any]:
+        """`payload` (stored as `type_name` v`version`) in the current schema of `type_name`."""
+        current = event_class(type_name).VERSION
+        if version > current:
+            raise EventDecodeError(f"{type_name} v{version} is newer than this build understands (v{current})")
+        while version < current:
+            step = self._steps.get((type_name, version))
+            if step is None:
+                raise EventDecodeError(f"{type_name} v{version} cannot be read: no upcaster to v{version + 1}")
+            payload = step(dict(payload))  # a copy: the step may rewrite it in place
+            version += 1
+        return payload
+
+
+UPCASTERS = Upcasters()
+
+
+def upcaster(type_name: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Decorator registering `step` as the (type_name, from_version) -> from_version + 1 upcaster."""
+
+    def register_step(step: Upcaster) -> Upcaster:
+        UPCASTERS.register(type_name, from_version, step)
+        return step
+
+    return register_step
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +163,7 @@ class Envelope:
         try:
             type_name = data["type"]
             payload_cls = event_class(type_name)
-            version = int(data.get("v", 1))
-            if version > payload_cls.VERSION:
-                raise EventDecodeError(
-                    f"{type_name} v{version} is newer than this build understands (v{payload_cls.VERSION})"
-                )
+            payload = UPCASTERS.upcast(type_name, int(data.get("v", 1)), data.get("payload") or {})
             return cls(
                 id=str(data["id"]),
                 type=type_name,
@@ -115,8 +171,8 @@ class Envelope:
                 dc=str(data["dc"]),
                 node=str(data["node"]),
                 room=data.get("room"),
-                v=version,
-                payload=payload_cls.model_validate(data.get("payload") or {}),
+                v=payload_cls.VERSION,  # the payload now has the current schema, whatever was stored
+                payload=payload_cls.model_validate(payload),
             )
         except EventDecodeError:
             raise

@@ -118,12 +118,14 @@ def _row(env: Envelope, stored_at: int) -> dict[str, Any]:
 def _dialect_insert(conn: Connection) -> Any:
     name = conn.dialect.name
     if name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        return None
-    return insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert
+    return None
 
 
 class EventStore:
@@ -204,9 +206,11 @@ class EventStore:
         """Events with seq > `after_seq`, in seq order, optionally only those of `room`, of one of
         `types` (an empty collection matches nothing), with `ts >= since_ts`, at most `limit`.
 
-        Stored rows this build cannot decode (unknown type, newer version, corrupt) are skipped
-        with a warning; they do not count towards `limit`, so paging on the last returned seq
-        never stalls on them.
+        Rows of an older schema version are brought up to the current one by the upcasters of
+        `shared.events` (`Envelope.from_dict`). Stored rows this build cannot decode (unknown
+        type, newer version, an older version without upcaster, corrupt) are skipped with a
+        warning; they do not count towards `limit`, so paging on the last returned seq never
+        stalls on them.
         """
         type_list = None if types is None else list(types)
         if type_list is not None and not type_list:

@@ -17,8 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from shared.errors import BusError
 
-class NatsServerError(RuntimeError):
+
+class NatsServerError(BusError, RuntimeError):
     pass
 
 

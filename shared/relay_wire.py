@@ -15,6 +15,8 @@ import hashlib
 import struct
 from enum import IntEnum
 
+from shared.errors import ContractError
+
 LOCAL_HEADER = struct.Struct("!BQB")
 LOCAL_HEADER_SIZE = LOCAL_HEADER.size  # 10
 NOT_SIMULCAST = 255  # `layer` of a track without simulcast layers
@@ -26,7 +28,7 @@ class LocalType(IntEnum):
     KEYFRAME = 3  # subscriber side -> relay -> publisher side; empty payload, layer = wanted layer
 
 
-class LocalWireError(ValueError):
+class LocalWireError(ContractError, ValueError):
     """A datagram that is not a valid local relay datagram."""
 
 

@@ -25,13 +25,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from shared.errors import ToolError
+
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 NATS_CLIENT_PORT = 4222
 
 
-class ClusterError(RuntimeError):
+class ClusterError(ToolError, RuntimeError):
     """A one-line reason the command cannot do what was asked."""
 
 

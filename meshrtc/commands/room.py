@@ -16,12 +16,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from shared.errors import ToolError
+
 DEFAULT_URL = "http://127.0.0.1:7880"
 DEV_KEY, DEV_SECRET = "devkey", "secret"
 TIMEOUT_S = 10.0
 
 
-class CliError(Exception):
+class CliError(ToolError):
     """One line for stderr (prefixed `meshrtc: `) and the exit code."""
 
     def __init__(self, message: str, code: int = 1) -> None:

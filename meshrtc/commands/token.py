@@ -13,13 +13,14 @@ import jwt
 
 from shared.auth import DEFAULT_TTL, TRACK_SOURCES, Claims, VideoGrant, mint_token
 from shared.config import load_settings
+from shared.errors import ToolError
 
 DEV_KEY, DEV_SECRET = "devkey", "secret"  # what `meshrtc dev` and `livekit-server --dev` accept
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
-class UsageError(Exception):
+class UsageError(ToolError):
     """A bad flag value; reported as one line on stderr with exit code 2."""
 
 

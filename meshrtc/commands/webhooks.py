@@ -15,10 +15,12 @@ import sys
 import time
 from datetime import datetime
 
+from shared.errors import ToolError
+
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
-class UsageError(Exception):
+class UsageError(ToolError):
     pass
 
 

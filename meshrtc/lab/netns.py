@@ -13,9 +13,10 @@ from pathlib import Path
 
 from meshrtc.lab.steps import Step, Sysctl
 from meshrtc.lab.topology import Endpoint
+from shared.errors import ToolError
 
 
-class LabNetworkError(RuntimeError):
+class LabNetworkError(ToolError, RuntimeError):
     pass
 
 

@@ -28,11 +28,12 @@ from meshrtc.lab.topology import (
     namespace_name,
     plan_lab,
 )
+from shared.errors import ToolError
 
 LOCK_FILE = Path("/run/meshrtc-lab.lock")
 
 
-class LabError(RuntimeError):
+class LabError(ToolError, RuntimeError):
     pass
 
 

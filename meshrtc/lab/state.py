@@ -18,12 +18,13 @@ from pydantic import BaseModel, ValidationError
 
 from meshrtc.lab.shaper import Shape
 from meshrtc.lab.topology import LabPlan, plan_lab
+from shared.errors import ToolError
 
 DEFAULT_STATE_DIR = Path("/run/meshrtc-lab")
 Emulator = Literal["netem", "wire", "veth"]  # veth: plain links, no delay or loss (shaping off)
 
 
-class LabStateError(RuntimeError):
+class LabStateError(ToolError, RuntimeError):
     pass
 
 

@@ -17,6 +17,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from shared.errors import ToolError
+
 MAX_DATACENTERS = 9  # 36 links still fit one /24 of /30s; more DCs than this is not a lab anymore
 MAX_SLOT = 255
 DEFAULT_DELAY_MS = 20
@@ -33,7 +35,7 @@ NATS_LEAF_PORT = 7422
 RELAY_PORT = 7900
 
 
-class LabPlanError(ValueError):
+class LabPlanError(ToolError, ValueError):
     pass
 
 

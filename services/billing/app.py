@@ -71,7 +71,8 @@ def fast_sample(data: Any) -> FastSample | None:
     second). Per-track samples give `_TRACK_SAMPLE` (not billed). Returns None for anything that is
     not exactly the canonical shape, which then goes through `Envelope.from_dict` and its checks."""
     try:
-        if data["type"] != "usage.sample" or data.get("v", 1) != 1 or data["id"].__class__ is not str:
+        # Only the current schema: an older stored version goes through from_dict's upcasters.
+        if data["type"] != "usage.sample" or data.get("v", 1) != UsageSample.VERSION or data["id"].__class__ is not str:
             return None
         p = data["payload"]
         if p.get("track_sid"):

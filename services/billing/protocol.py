@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.contracts.subjects import check_dc
+from shared.errors import BillingError
 
 API_VERSION = 1
 MAX_ROWS = 10_000
@@ -26,7 +27,7 @@ def usage_request_subject(dc: str) -> str:
     return f"ctl.{check_dc(dc)}.billing.usage"
 
 
-class QueryError(ValueError):
+class QueryError(BillingError, ValueError):
     """A usage query that cannot be answered as asked (HTTP 400)."""
 
 

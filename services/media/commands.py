@@ -8,12 +8,13 @@ from livekit.protocol import models, rtc
 from livekit.protocol import room as room_pb
 
 from shared.contracts.control import CommandResult, MediaCommand
+from shared.errors import MediaError
 
 from .data import server_data
 from .room import NodeRoom
 
 
-class CommandError(Exception):
+class CommandError(MediaError):
     pass
 
 

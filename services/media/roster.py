@@ -10,22 +10,37 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from google.protobuf.message import DecodeError
 from livekit.protocol import models
 
+from shared.event_fold import FoldDispatch
 from shared.events import (
     Envelope,
+    LinkStateChanged,
+    NodeDown,
+    NodeHeartbeat,
+    NodeUp,
     ParticipantActive,
+    ParticipantEvictRequested,
     ParticipantJoined,
     ParticipantLeft,
     ParticipantUpdated,
+    RoomCreated,
+    RoomFinished,
+    RoomMetadataUpdated,
+    SubscriptionTelemetry,
     TrackMuted,
     TrackPublished,
+    TrackTelemetry,
     TrackUnpublished,
     TrackWire,
+    UsageRollup,
+    UsageSample,
 )
 
 
@@ -90,43 +105,8 @@ class RemoteRoster:
         return next((p for p in self.participants.values() if p.info.identity == identity), None)
 
     def apply(self, env: Envelope) -> list[Change]:
-        payload = env.payload
-        if isinstance(payload, ParticipantJoined):
-            return self._joined(env, payload)
-        if isinstance(payload, ParticipantLeft):
-            return self.remove(payload.sid)
-        if isinstance(payload, TrackPublished):
-            participant = self.participants.get(payload.track.participant_sid)
-            return self._track_published(participant, payload) if participant else []
-        if isinstance(payload, ParticipantActive | ParticipantUpdated):
-            participant = self.participants.get(payload.sid)
-        elif isinstance(payload, TrackMuted | TrackUnpublished):
-            participant = self.participants.get(payload.participant_sid)
-        else:
-            return []
-        if participant is None:
-            return []
-        if isinstance(payload, ParticipantActive):
-            participant.info.state = models.ParticipantInfo.State.ACTIVE
-            participant.bump()
-            return [Change(ChangeKind.UPDATED, participant.sid)]
-        if isinstance(payload, ParticipantUpdated):
-            return self._updated(participant, payload)
-        if isinstance(payload, TrackMuted):
-            track = participant.tracks.get(payload.sid)
-            if track is None or track.info.muted == payload.muted:
-                return []
-            track.info.muted = payload.muted
-            participant.bump()
-            return [Change(ChangeKind.TRACK_CHANGED, participant.sid, payload.sid), Change(ChangeKind.UPDATED,
-                                                                                          participant.sid)]
-        if isinstance(payload, TrackUnpublished):
-            if participant.tracks.pop(payload.sid, None) is None:
-                return []
-            participant.bump()
-            return [Change(ChangeKind.TRACK_REMOVED, participant.sid, payload.sid),
-                    Change(ChangeKind.UPDATED, participant.sid)]
-        return []
+        handler = ROSTER_FOLD.handler(env.payload)
+        return handler(self, env, env.payload) if handler is not None else []
 
     def remove(self, participant_sid: str) -> list[Change]:
         participant = self.participants.pop(participant_sid, None)
@@ -155,7 +135,21 @@ class RemoteRoster:
         participant.bump()
         return [*changes, Change(ChangeKind.JOINED, joined.sid)]
 
-    def _updated(self, participant: RemoteParticipantState, updated: ParticipantUpdated) -> list[Change]:
+    def _left(self, env: Envelope, left: ParticipantLeft) -> list[Change]:
+        return self.remove(left.sid)
+
+    def _active(self, env: Envelope, active: ParticipantActive) -> list[Change]:
+        participant = self.participants.get(active.sid)
+        if participant is None:
+            return []
+        participant.info.state = models.ParticipantInfo.State.ACTIVE
+        participant.bump()
+        return [Change(ChangeKind.UPDATED, participant.sid)]
+
+    def _updated(self, env: Envelope, updated: ParticipantUpdated) -> list[Change]:
+        participant = self.participants.get(updated.sid)
+        if participant is None:
+            return []
         fresh = models.ParticipantInfo()
         if _decode(fresh, updated.info):
             info = participant.info
@@ -175,9 +169,10 @@ class RemoteRoster:
             participant.bump()
         return [Change(ChangeKind.UPDATED, participant.sid)]
 
-    def _track_published(self, participant: RemoteParticipantState, published: TrackPublished) -> list[Change]:
+    def _track_published(self, env: Envelope, published: TrackPublished) -> list[Change]:
         track = published.track
-        if track.wire is None or track.sid in participant.tracks:
+        participant = self.participants.get(track.participant_sid)
+        if participant is None or track.wire is None or track.sid in participant.tracks:
             return []  # without its wire description a track cannot be forwarded here
         info = models.TrackInfo()
         if not _decode(info, track.info):
@@ -188,3 +183,51 @@ class RemoteRoster:
         participant.bump()
         return [Change(ChangeKind.TRACK_ADDED, participant.sid, track.sid), Change(ChangeKind.UPDATED,
                                                                                    participant.sid)]
+
+    def _track_muted(self, env: Envelope, muted: TrackMuted) -> list[Change]:
+        participant = self.participants.get(muted.participant_sid)
+        track = participant.tracks.get(muted.sid) if participant is not None else None
+        if participant is None or track is None or track.info.muted == muted.muted:
+            return []
+        track.info.muted = muted.muted
+        participant.bump()
+        return [Change(ChangeKind.TRACK_CHANGED, participant.sid, muted.sid), Change(ChangeKind.UPDATED,
+                                                                                    participant.sid)]
+
+    def _track_unpublished(self, env: Envelope, unpublished: TrackUnpublished) -> list[Change]:
+        participant = self.participants.get(unpublished.participant_sid)
+        if participant is None or participant.tracks.pop(unpublished.sid, None) is None:
+            return []
+        participant.bump()
+        return [Change(ChangeKind.TRACK_REMOVED, participant.sid, unpublished.sid),
+                Change(ChangeKind.UPDATED, participant.sid)]
+
+
+RosterHandler = Callable[[RemoteRoster, Envelope, Any], list[Change]]
+
+ROSTER_FOLD: FoldDispatch[RosterHandler] = FoldDispatch(
+    name="services.media.roster:RemoteRoster",
+    handlers={
+        ParticipantJoined: RemoteRoster._joined,
+        ParticipantActive: RemoteRoster._active,
+        ParticipantUpdated: RemoteRoster._updated,
+        ParticipantLeft: RemoteRoster._left,
+        TrackPublished: RemoteRoster._track_published,
+        TrackMuted: RemoteRoster._track_muted,
+        TrackUnpublished: RemoteRoster._track_unpublished,
+    },
+    ignored={
+        RoomCreated: "a node's rooms come from the sessions it hosts, not from this event",
+        RoomMetadataUpdated: "room metadata reaches clients through the node's own room, not the roster",
+        RoomFinished: "the room service closes the room's sessions by command; each leaves by participant.left",
+        ParticipantEvictRequested: "the evicted session leaves by participant.left, which the roster folds",
+        NodeUp: "a node holds no participants until they join",
+        NodeHeartbeat: "liveness only; says nothing about participants",
+        NodeDown: "a dead node's participants leave by the participant.left the room service emits",
+        LinkStateChanged: "relay mesh health; remote tracks keep their state across a link change",
+        UsageSample: "metering, folded by billing",
+        UsageRollup: "metering, folded by billing",
+        TrackTelemetry: "analytics, stored by billing's telemetry store",
+        SubscriptionTelemetry: "analytics, stored by billing's telemetry store",
+    },
+)

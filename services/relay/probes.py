@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from services.relay.routing import DOWN, LinkMetrics
+from shared.errors import RelayError
 from shared.events import LinkStatus
 
 PROBE_HEAD = struct.Struct("!Id")  # sequence, sender's monotonic send time (echoed back)
@@ -25,7 +26,7 @@ _STATUS_CODE = {LinkStatus.UP: 0, LinkStatus.DEGRADED: 1, LinkStatus.DOWN: 2}
 _CODE_STATUS = {code: status for status, code in _STATUS_CODE.items()}
 
 
-class ProbeError(ValueError):
+class ProbeError(RelayError, ValueError):
     pass
 
 

@@ -28,6 +28,7 @@ from enum import IntEnum
 from pydantic import Field
 
 from shared.contracts.control import ControlMessage
+from shared.errors import RelayError
 
 VERSION = 1
 HEADER = struct.Struct("!BBBBBHQQ4s")
@@ -52,7 +53,7 @@ LINK_KINDS = frozenset({Kind.PROBE, Kind.PROBE_REPLY})
 _KNOWN_KINDS = frozenset(int(k) for k in Kind)
 
 
-class WanWireError(ValueError):
+class WanWireError(RelayError, ValueError):
     """A datagram whose header is malformed or whose route is not allowed."""
 
     def __init__(self, reason: str, detail: str) -> None:

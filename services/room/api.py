@@ -13,6 +13,7 @@ from livekit.protocol import models
 from livekit.protocol import room as room_pb
 
 from shared.contracts.control import CommandResult, MediaCommand
+from shared.errors import RoomError
 from shared.events import EventPayload, RoomCreated, RoomFinished, RoomMetadataUpdated
 from shared.ids import new_room_sid
 
@@ -37,7 +38,7 @@ REQUESTS: dict[str, type[Message]] = {
 }
 
 
-class ApiError(Exception):
+class ApiError(RoomError):
     def __init__(self, code: str, msg: str) -> None:
         super().__init__(msg)
         self.code = code

@@ -20,21 +20,33 @@ interleaving (docs/multi-dc.md, "Rooms across datacenters"):
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from shared.event_fold import FoldDispatch
 from shared.events import (
     Envelope,
+    LinkStateChanged,
+    NodeDown,
+    NodeHeartbeat,
+    NodeUp,
     ParticipantActive,
+    ParticipantEvictRequested,
     ParticipantJoined,
     ParticipantLeft,
     ParticipantUpdated,
     RoomCreated,
     RoomFinished,
     RoomMetadataUpdated,
+    SubscriptionTelemetry,
     TrackMuted,
     TrackPayload,
     TrackPublished,
+    TrackTelemetry,
     TrackUnpublished,
+    UsageRollup,
+    UsageSample,
 )
 
 ORPHAN_LIMIT = 10_000
@@ -128,53 +140,62 @@ class RoomRegistry:
 
     def _fold(self, env: Envelope) -> None:
         payload = env.payload
+        handler = ROOM_STATE_FOLD.handler(payload)
+        if handler is None:
+            return
         room = self.rooms.get(env.room or "")
-        if isinstance(payload, RoomCreated):
-            self._created(env, payload)
-        elif isinstance(payload, RoomFinished):
-            self._finished(room, payload)
-        elif room is None:
+        if room is None and type(payload) not in _ROOMLESS_TYPES:
             if env.room is not None:
                 self._orphans.append(env)
-        elif isinstance(payload, RoomMetadataUpdated):
-            if env.id > room.metadata_event_id:
-                room.metadata, room.metadata_event_id = payload.metadata, env.id
-        elif isinstance(payload, ParticipantJoined):
-            if payload.room_sid in self.finished_sids:
-                return  # a session of an incarnation that has ended reported in late
-            room.participants[payload.sid] = ParticipantState(
-                sid=payload.sid, identity=payload.identity, name=payload.name, metadata=payload.metadata,
-                attributes=dict(payload.attributes), node=payload.node, signal_node=payload.signal_node,
-                joined_at_ms=env.ts, kind=payload.kind, info=payload.info, dc=env.dc, room_sid=payload.room_sid,
-            )
-        elif isinstance(payload, ParticipantActive):
-            if participant := room.participants.get(payload.sid):
-                participant.active = True
-        elif isinstance(payload, ParticipantUpdated):
-            if participant := room.participants.get(payload.sid):
-                if payload.name is not None:
-                    participant.name = payload.name
-                if payload.metadata is not None:
-                    participant.metadata = payload.metadata
-                if payload.attributes is not None:
-                    participant.attributes = dict(payload.attributes)
-                if payload.info:
-                    participant.info = payload.info
-        elif isinstance(payload, ParticipantLeft):
-            if room.participants.pop(payload.sid, None) is not None:
-                room.last_departure_ms = env.ts
-        elif isinstance(payload, TrackPublished):
-            if participant := room.participants.get(payload.track.participant_sid):
-                participant.tracks[payload.track.sid] = payload.track
-        elif isinstance(payload, TrackMuted):
-            participant = room.participants.get(payload.participant_sid)
-            if participant and (track := participant.tracks.get(payload.sid)):
-                participant.tracks[payload.sid] = track.model_copy(update={"muted": payload.muted})
-        elif isinstance(payload, TrackUnpublished):
-            if participant := room.participants.get(payload.participant_sid):
-                participant.tracks.pop(payload.sid, None)
+            return
+        handler(self, env, payload, room)
 
-    def _created(self, env: Envelope, payload: RoomCreated) -> None:
+    def _metadata_updated(self, env: Envelope, payload: RoomMetadataUpdated, room: RoomState) -> None:
+        if env.id > room.metadata_event_id:
+            room.metadata, room.metadata_event_id = payload.metadata, env.id
+
+    def _joined(self, env: Envelope, payload: ParticipantJoined, room: RoomState) -> None:
+        if payload.room_sid in self.finished_sids:
+            return  # a session of an incarnation that has ended reported in late
+        room.participants[payload.sid] = ParticipantState(
+            sid=payload.sid, identity=payload.identity, name=payload.name, metadata=payload.metadata,
+            attributes=dict(payload.attributes), node=payload.node, signal_node=payload.signal_node,
+            joined_at_ms=env.ts, kind=payload.kind, info=payload.info, dc=env.dc, room_sid=payload.room_sid,
+        )
+
+    def _active(self, env: Envelope, payload: ParticipantActive, room: RoomState) -> None:
+        if participant := room.participants.get(payload.sid):
+            participant.active = True
+
+    def _updated(self, env: Envelope, payload: ParticipantUpdated, room: RoomState) -> None:
+        if participant := room.participants.get(payload.sid):
+            if payload.name is not None:
+                participant.name = payload.name
+            if payload.metadata is not None:
+                participant.metadata = payload.metadata
+            if payload.attributes is not None:
+                participant.attributes = dict(payload.attributes)
+            if payload.info:
+                participant.info = payload.info
+
+    def _left(self, env: Envelope, payload: ParticipantLeft, room: RoomState) -> None:
+        if room.participants.pop(payload.sid, None) is not None:
+            room.last_departure_ms = env.ts
+
+    def _track_published(self, env: Envelope, payload: TrackPublished, room: RoomState) -> None:
+        if participant := room.participants.get(payload.track.participant_sid):
+            participant.tracks[payload.track.sid] = payload.track
+
+    def _track_muted(self, env: Envelope, payload: TrackMuted, room: RoomState) -> None:
+        participant = room.participants.get(payload.participant_sid)
+        if participant and (track := participant.tracks.get(payload.sid)):
+            participant.tracks[payload.sid] = track.model_copy(update={"muted": payload.muted})
+
+    def _track_unpublished(self, env: Envelope, payload: TrackUnpublished, room: RoomState) -> None:
+        if participant := room.participants.get(payload.participant_sid):
+            participant.tracks.pop(payload.sid, None)
+
+    def _created(self, env: Envelope, payload: RoomCreated, _room: RoomState | None) -> None:
         if payload.sid in self.finished_sids:
             return  # a late copy of an incarnation that already ended
         incarnation = Incarnation(env.id, env.ts, env.dc, payload)
@@ -199,7 +220,7 @@ class RoomRegistry:
         for env in waiting:
             self._fold(env)
 
-    def _finished(self, room: RoomState | None, payload: RoomFinished) -> None:
+    def _finished(self, env: Envelope, payload: RoomFinished, room: RoomState | None) -> None:
         ended = {payload.sid, *payload.merged_sids}
         self.finished_sids |= ended
         if room is None or not ended & set(room.incarnations):
@@ -212,3 +233,38 @@ class RoomRegistry:
         # a re-creation overtook this RoomFinished: it lives on, without the ended one's participants
         room.participants = {sid: p for sid, p in room.participants.items() if p.room_sid not in ended}
         room.adopt_winner()
+
+
+# Handlers take (registry, envelope, payload, room); room is None only for _ROOMLESS_TYPES.
+RoomStateHandler = Callable[[RoomRegistry, Envelope, Any, Any], None]
+
+ROOM_STATE_FOLD: FoldDispatch[RoomStateHandler] = FoldDispatch(
+    name="services.room.state:RoomRegistry",
+    handlers={
+        RoomCreated: RoomRegistry._created,
+        RoomFinished: RoomRegistry._finished,
+        RoomMetadataUpdated: RoomRegistry._metadata_updated,
+        ParticipantJoined: RoomRegistry._joined,
+        ParticipantActive: RoomRegistry._active,
+        ParticipantUpdated: RoomRegistry._updated,
+        ParticipantLeft: RoomRegistry._left,
+        TrackPublished: RoomRegistry._track_published,
+        TrackMuted: RoomRegistry._track_muted,
+        TrackUnpublished: RoomRegistry._track_unpublished,
+    },
+    ignored={
+        ParticipantEvictRequested: "a command to the hosting DC (room app); the participant leaves by participant.left",
+        NodeUp: "node liveness is placement's concern, not the room's",
+        NodeHeartbeat: "node load is placement's concern, not the room's",
+        NodeDown: "a dead node's participants leave the state through the participant.left events it causes",
+        LinkStateChanged: "relay mesh health, no room in it",
+        UsageSample: "metering, folded by billing",
+        UsageRollup: "metering, folded by billing",
+        TrackTelemetry: "analytics, stored by billing's telemetry store",
+        SubscriptionTelemetry: "analytics, stored by billing's telemetry store",
+    },
+)
+
+# Events that create or end a room act with or without a room of that name; every other
+# handled event needs its room, and waits as an orphan until it is created.
+_ROOMLESS_TYPES: frozenset[type] = frozenset({RoomCreated, RoomFinished})

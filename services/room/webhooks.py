@@ -49,7 +49,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import nats.js.errors
@@ -72,41 +72,43 @@ from tenacity import (
 from shared.auth import sign_webhook
 from shared.bus import Bus
 from shared.bus_consumer import Consumer, MsgMeta, event_handler_adapter
+from shared.errors import RoomError
+from shared.event_fold import FoldDispatch
 from shared.events import (
     Envelope,
+    LinkStateChanged,
+    NodeDown,
+    NodeHeartbeat,
+    NodeUp,
     ParticipantActive,
+    ParticipantEvictRequested,
     ParticipantJoined,
     ParticipantLeft,
     ParticipantUpdated,
     RoomCreated,
     RoomFinished,
     RoomMetadataUpdated,
+    SubscriptionTelemetry,
     TrackKind,
     TrackMuted,
     TrackPayload,
     TrackPublished,
+    TrackTelemetry,
     TrackUnpublished,
+    UsageRollup,
+    UsageSample,
 )
 from shared.eventstore import EventStore
 from shared.replication import replica_stream
 
 from .api import participant_proto, room_proto
-from .state import RoomRegistry, RoomState
+from .state import ROOM_STATE_FOLD, RoomRegistry, RoomState
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/webhook+json"
 USER_AGENT = "meshrtc-webhooks/1"
 ID_PREFIX = "EV_"
-
-# Events that become webhooks, and every event the room state needs to map them.
-WEBHOOK_SOURCE_TYPES: frozenset[str] = frozenset({
-    RoomCreated.TYPE, RoomFinished.TYPE, ParticipantActive.TYPE, ParticipantLeft.TYPE, TrackPublished.TYPE,
-    TrackUnpublished.TYPE,
-})
-CONTEXT_TYPES: frozenset[str] = WEBHOOK_SOURCE_TYPES | {
-    ParticipantJoined.TYPE, ParticipantUpdated.TYPE, RoomMetadataUpdated.TYPE, TrackMuted.TYPE,
-}
 
 T = TypeVar("T")
 
@@ -174,47 +176,97 @@ def _track_owner(registry: RoomRegistry, env: Envelope, participant_sid: str) ->
 def to_webhook(env: Envelope, registry: RoomRegistry) -> WebhookEvent | None:
     """The WebhookEvent for `env`, read against `registry` as it was *before* `env` (not changed
     here), or None for events that are no webhook."""
-    payload = env.payload
-    event = WebhookEvent(id=webhook_id(env.id), created_at=env.ts // 1000)
-    if isinstance(payload, RoomCreated):
-        event.event = "room_started"
-        event.room.CopyFrom(room_proto(RoomState(
-            name=payload.name, sid=payload.sid, created_at_ms=env.ts, empty_timeout=payload.empty_timeout,
-            departure_timeout=payload.departure_timeout, max_participants=payload.max_participants,
-            metadata=payload.metadata, project=payload.project)))
-    elif isinstance(payload, RoomFinished):
-        event.event = "room_finished"
-        room = _room(registry, env)
-        event.room.CopyFrom(room_proto(room) if room is not None and room.sid == payload.sid
-                            else models.Room(sid=payload.sid, name=env.room or ""))
-    elif isinstance(payload, ParticipantActive):
-        event.event = "participant_joined"
-        event.room.CopyFrom(_room_or_stub(registry, env))
-        event.participant.CopyFrom(_participant_info(registry, env, payload.sid, payload.identity))
-        event.participant.state = models.ParticipantInfo.State.ACTIVE
-    elif isinstance(payload, ParticipantLeft):
-        event.event = "participant_connection_aborted" if payload.aborted else "participant_left"
-        event.room.CopyFrom(_room_or_stub(registry, env))
-        event.participant.CopyFrom(_participant_info(registry, env, payload.sid, payload.identity))
-        event.participant.state = models.ParticipantInfo.State.DISCONNECTED
-        if payload.reason in models.DisconnectReason.keys():
-            event.participant.disconnect_reason = models.DisconnectReason.Value(payload.reason)  # type: ignore[assignment]
-    elif isinstance(payload, TrackPublished):
-        event.event = "track_published"
-        event.room.CopyFrom(_room_or_stub(registry, env))
-        event.participant.CopyFrom(_track_owner(registry, env, payload.track.participant_sid))
-        event.track.CopyFrom(_track_info(payload.track))
-    elif isinstance(payload, TrackUnpublished):
-        event.event = "track_unpublished"
-        event.room.CopyFrom(_room_or_stub(registry, env))
-        event.participant.CopyFrom(_track_owner(registry, env, payload.participant_sid))
-        room = _room(registry, env)
-        participant = room.participants.get(payload.participant_sid) if room is not None else None
-        track = participant.tracks.get(payload.sid) if participant is not None else None
-        event.track.CopyFrom(_track_info(track) if track is not None else models.TrackInfo(sid=payload.sid))
-    else:
+    fill = WEBHOOK_FOLD.handler(env.payload)
+    if fill is None:
         return None
+    event = WebhookEvent(id=webhook_id(env.id), created_at=env.ts // 1000)
+    fill(event, env, env.payload, registry)
     return event
+
+
+def _room_started(event: WebhookEvent, env: Envelope, payload: RoomCreated, registry: RoomRegistry) -> None:
+    event.event = "room_started"
+    event.room.CopyFrom(room_proto(RoomState(
+        name=payload.name, sid=payload.sid, created_at_ms=env.ts, empty_timeout=payload.empty_timeout,
+        departure_timeout=payload.departure_timeout, max_participants=payload.max_participants,
+        metadata=payload.metadata, project=payload.project)))
+
+
+def _room_finished(event: WebhookEvent, env: Envelope, payload: RoomFinished, registry: RoomRegistry) -> None:
+    event.event = "room_finished"
+    room = _room(registry, env)
+    event.room.CopyFrom(room_proto(room) if room is not None and room.sid == payload.sid
+                        else models.Room(sid=payload.sid, name=env.room or ""))
+
+
+def _participant_joined(event: WebhookEvent, env: Envelope, payload: ParticipantActive,
+                        registry: RoomRegistry) -> None:
+    event.event = "participant_joined"
+    event.room.CopyFrom(_room_or_stub(registry, env))
+    event.participant.CopyFrom(_participant_info(registry, env, payload.sid, payload.identity))
+    event.participant.state = models.ParticipantInfo.State.ACTIVE
+
+
+def _participant_left(event: WebhookEvent, env: Envelope, payload: ParticipantLeft, registry: RoomRegistry) -> None:
+    event.event = "participant_connection_aborted" if payload.aborted else "participant_left"
+    event.room.CopyFrom(_room_or_stub(registry, env))
+    event.participant.CopyFrom(_participant_info(registry, env, payload.sid, payload.identity))
+    event.participant.state = models.ParticipantInfo.State.DISCONNECTED
+    if payload.reason in models.DisconnectReason.keys():
+        event.participant.disconnect_reason = models.DisconnectReason.Value(payload.reason)  # type: ignore[assignment]
+
+
+def _track_published(event: WebhookEvent, env: Envelope, payload: TrackPublished, registry: RoomRegistry) -> None:
+    event.event = "track_published"
+    event.room.CopyFrom(_room_or_stub(registry, env))
+    event.participant.CopyFrom(_track_owner(registry, env, payload.track.participant_sid))
+    event.track.CopyFrom(_track_info(payload.track))
+
+
+def _track_unpublished(event: WebhookEvent, env: Envelope, payload: TrackUnpublished,
+                       registry: RoomRegistry) -> None:
+    event.event = "track_unpublished"
+    event.room.CopyFrom(_room_or_stub(registry, env))
+    event.participant.CopyFrom(_track_owner(registry, env, payload.participant_sid))
+    room = _room(registry, env)
+    participant = room.participants.get(payload.participant_sid) if room is not None else None
+    track = participant.tracks.get(payload.sid) if participant is not None else None
+    event.track.CopyFrom(_track_info(track) if track is not None else models.TrackInfo(sid=payload.sid))
+
+
+# Fills in the webhook of one event: (webhook, envelope, payload, room state before the event).
+WebhookFill = Callable[[WebhookEvent, Envelope, Any, RoomRegistry], None]
+
+WEBHOOK_FOLD: FoldDispatch[WebhookFill] = FoldDispatch(
+    name="services.room.webhooks:to_webhook",
+    handlers={
+        RoomCreated: _room_started,
+        RoomFinished: _room_finished,
+        ParticipantActive: _participant_joined,
+        ParticipantLeft: _participant_left,
+        TrackPublished: _track_published,
+        TrackUnpublished: _track_unpublished,
+    },
+    ignored={
+        RoomMetadataUpdated: "LiveKit sends no webhook for it; the room state keeps it for later webhooks",
+        ParticipantJoined: "LiveKit's participant_joined comes when the participant is active (participant.active)",
+        ParticipantUpdated: "LiveKit sends no webhook for it; the room state keeps it for later webhooks",
+        TrackMuted: "LiveKit sends no webhook for it; the room state keeps it for later webhooks",
+        ParticipantEvictRequested: "the evicted session's participant.left sends the webhook",
+        NodeUp: "infrastructure, not a LiveKit webhook",
+        NodeHeartbeat: "infrastructure, not a LiveKit webhook",
+        NodeDown: "its participants' participant.left (MIGRATION) send the webhooks",
+        LinkStateChanged: "infrastructure, not a LiveKit webhook",
+        UsageSample: "metering, not a LiveKit webhook",
+        UsageRollup: "metering, not a LiveKit webhook",
+        TrackTelemetry: "analytics, not a LiveKit webhook",
+        SubscriptionTelemetry: "analytics, not a LiveKit webhook",
+    },
+)
+
+# Events that become webhooks, and every event the room state needs to map them.
+WEBHOOK_SOURCE_TYPES: frozenset[str] = WEBHOOK_FOLD.handled_types
+CONTEXT_TYPES: frozenset[str] = WEBHOOK_SOURCE_TYPES | ROOM_STATE_FOLD.handled_types
 
 
 class WebhookMapper:
@@ -255,7 +307,7 @@ def request_headers(body: bytes, api_key: str, api_secret: str) -> dict[str, str
     }
 
 
-class WebhookRejected(RuntimeError):
+class WebhookRejected(RoomError, RuntimeError):
     """The receiver answered with a non-2xx status."""
 
     def __init__(self, url: str, status: int, text: str) -> None:

@@ -11,6 +11,7 @@ from shared.auth import AuthError, Claims, TokenVerifier, bearer_token
 from shared.bus import Bus, BusTimeout, RemoteError
 from shared.contracts.control import JoinAdmission, JoinRequest, PermissionSpec
 from shared.contracts.subjects import room_request_subject
+from shared.errors import SignalError
 
 from .params import ConnectParams, ParamError
 
@@ -23,7 +24,7 @@ _SOURCES = {
 _KINDS = {"standard": 0, "ingress": 1, "egress": 2, "sip": 3, "agent": 4, "connector": 5, "bridge": 6}
 
 
-class HttpError(Exception):
+class HttpError(SignalError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

@@ -9,9 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from shared.contracts.control import ClientDetails
+from shared.errors import SignalError
 
 
-class ParamError(ValueError):
+class ParamError(SignalError, ValueError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

@@ -10,10 +10,12 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from shared.errors import ContractError
+
 M = TypeVar("M", bound="ControlMessage")
 
 
-class ControlDecodeError(ValueError):
+class ControlDecodeError(ContractError, ValueError):
     pass
 
 

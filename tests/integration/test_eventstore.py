@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from meshrtc import cli
 from shared import db
+from shared import events as events_module
 from shared.db import (
     DatabaseUnavailable,
     check_database,
@@ -36,6 +37,7 @@ from shared.events import (
     TrackKind,
     TrackPayload,
     TrackPublished,
+    Upcasters,
     UsageSample,
 )
 from shared.eventstore import EventStore, StoredEvent, consumer_offsets, events, metadata
@@ -276,6 +278,24 @@ def test_undecodable_rows_are_skipped_with_a_warning(store: EventStore, engine: 
     for row in bad_rows:
         assert row["id"] in logged
     assert store.count() == 6  # skipped, not deleted
+
+
+def test_an_older_stored_version_is_upcast_on_read(store: EventStore, engine: sa.Engine,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row written by an older build (room.created v1 named the room `room`) reads as the
+    current schema (a pretend v2 naming it `name`), through the upcaster registry."""
+    fresh = Upcasters()
+    monkeypatch.setattr(events_module, "UPCASTERS", fresh)
+    monkeypatch.setattr(RoomCreated, "VERSION", 2)
+    fresh.register(RoomCreated.TYPE, 1, lambda payload: {**payload, "name": payload.pop("room")})
+    with engine.begin() as conn:
+        conn.execute(events.insert().values(id="OLD1", type="room.created", ts=5, dc="dc1", node="n", room="r",
+                                            v=1, payload=json.dumps({"sid": "RM_old", "room": "r"}), stored_at=1))
+    stored = store.get("OLD1")
+    assert stored is not None
+    assert stored.envelope.payload == RoomCreated(sid="RM_old", name="r")
+    assert stored.envelope.v == 2
+    assert [s.envelope.id for s in store.read(types=["room.created"])] == ["OLD1"]
 
 
 def test_concurrent_appends_from_threads(store: EventStore) -> None:

@@ -40,6 +40,8 @@ from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc import RTCConfiguration, RTCIceServer
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
+from shared.errors import MediaError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -54,7 +56,7 @@ __all__ = [
 ]
 
 
-class PortRangeExhaustedError(OSError):
+class PortRangeExhaustedError(MediaError, OSError):
     """No free UDP port is left in the configured RTC port range."""
 
     def __init__(self, address: str, port_min: int, port_max: int) -> None:

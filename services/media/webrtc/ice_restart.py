@@ -34,6 +34,8 @@ from typing import Any
 from aioice import Connection
 from aiortc.rtcicetransport import RTCIceTransport
 
+from shared.errors import MediaError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["OLD_LINGER", "RESTART_DEADLINE", "IceRestartError", "IceSwitch"]
@@ -42,7 +44,7 @@ RESTART_DEADLINE = 20.0  # seconds the new connection has to nominate a pair
 OLD_LINGER = 5.0  # seconds the replaced connection keeps receiving after the switch
 
 
-class IceRestartError(RuntimeError):
+class IceRestartError(MediaError, RuntimeError):
     """A restart was asked for in a state where it cannot happen."""
 
 

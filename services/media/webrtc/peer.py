@@ -44,6 +44,8 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.sdp import candidate_from_sdp
 
+from shared.errors import MediaError
+
 from ..rtp.rtcp import build_sdes, build_sr
 from . import consent, lazy_estimator, srtp
 from .ice import rtc_configuration
@@ -84,7 +86,7 @@ _MARK = "_meshrtc_peer"
 _NOMINATION_MARK = "_meshrtc_nomination"
 
 
-class MediaPeerError(Exception):
+class MediaPeerError(MediaError):
     """A negotiation step failed; the peer has been closed."""
 
 

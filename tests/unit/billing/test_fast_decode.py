@@ -68,3 +68,10 @@ def test_missing_times_go_to_the_full_decoder() -> None:
     data = canonical()
     del data["payload"]["end_ms"]
     assert fast_sample(data) is None
+
+
+def test_an_older_schema_version_steps_aside_for_the_upcasters(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = canonical()
+    assert data["v"] == UsageSample.VERSION and fast_sample(data) is not None
+    monkeypatch.setattr(UsageSample, "VERSION", UsageSample.VERSION + 1)
+    assert fast_sample(data) is None  # a stored older sample is decoded by from_dict, through its upcasters
