@@ -33,6 +33,7 @@ from . import protocol
 from .data import DataSenderState, RoutedData, route_data
 from .negotiation import PC_DEADLINE, SubscriberNegotiation
 from .ports import Subscriber
+from .publication import PendingTracks
 from .resume import Detachment, ReliableLog, catch_up_update, receive_states, wanted_subscriptions
 from .rtp import rtcp
 from .signalling import SignalDispatch
@@ -100,6 +101,14 @@ class SessionRoom(Protocol):
     def session_closed(self, session: Session, reason: int) -> None: ...
 
 
+# Which method handles each kind of SignalRequest; signalling.IGNORED lists the rest.
+REQUEST_HANDLERS = {
+    "offer": "_on_offer", "answer": "_on_answer", "trickle": "_on_trickle", "add_track": "_on_add_track",
+    "mute": "_on_mute", "subscription": "_on_subscription", "track_setting": "_on_track_setting",
+    "leave": "_on_leave", "update_metadata": "_on_update_metadata",
+    "subscription_permission": "_on_subscription_permission", "sync_state": "_on_sync_state",
+}
+
 PeerFactory = Callable[[str, str], MediaPeer]  # (role, label) -> PeerConnection wrapper
 
 
@@ -115,7 +124,6 @@ class Session:
         self.spec = spec
         self.node_id = node_id
         self.region = region
-        self._new_track_sid = new_track_sid
         self.sid = spec.participant_sid
         self.identity = spec.identity
         self.permission = spec.permission
@@ -132,8 +140,7 @@ class Session:
         self.active = False
         self.tracks: dict[str, PublishedTrack] = {}  # published by this participant, by sid
         self._tracks_by_mid: dict[str, PublishedTrack] = {}
-        self.pending_tracks: dict[str, rtc.AddTrackRequest] = {}  # cid -> request
-        self.pending_sids: dict[str, str] = {}  # cid -> assigned track sid
+        self.pending = PendingTracks(new_track_sid)  # announced, not yet in an answered offer
         self.subs = SubscriptionState()
         self.permission_rules: rtc.SubscriptionPermission | None = None  # None: everyone may subscribe
         self.data_state = DataSenderState(self.sid, self.identity)
@@ -145,13 +152,7 @@ class Session:
         self.subscriber = make_peer("subscriber", f"{self.sid}/sub")
         self.negotiation = SubscriberNegotiation(
             lambda ice_restart: self.subscriber.create_offer(ice_restart=ice_restart), self.send, lambda: self.closed)
-        self._dispatch = SignalDispatch({
-            "offer": self._on_offer, "answer": self._on_answer, "trickle": self._on_trickle,
-            "add_track": self._on_add_track, "mute": self._on_mute, "subscription": self._on_subscription,
-            "track_setting": self._on_track_setting, "leave": self._on_leave,
-            "update_metadata": self._on_update_metadata, "subscription_permission": self._on_subscription_permission,
-            "sync_state": self._on_sync_state,
-        })
+        self._dispatch = SignalDispatch({kind: getattr(self, name) for kind, name in REQUEST_HANDLERS.items()})
         # The signal WebSocket serving the session now; None while detached (resume.py).
         self.connection_id = spec.connection_id
         self.signal_node = spec.signal_node
@@ -425,10 +426,7 @@ class Session:
             self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
                 reason=rtc.RequestResponse.Reason.NOT_ALLOWED, message=f"not allowed to publish {source or 'track'}")))
             return
-        sid = self.pending_sids.get(add.cid) or self._new_track_sid(add.type)
-        self.pending_sids[add.cid] = sid
-        self.pending_tracks[add.cid] = add
-        info = protocol.track_info_from_request(sid, add)
+        info = protocol.track_info_from_request(self.pending.announce(add), add)
         self.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=add.cid, track=info)))
 
     async def _on_mute(self, request: rtc.SignalRequest) -> None:
@@ -629,30 +627,17 @@ class Session:
 
     # ---- publishing -----------------------------------------------------------------------
     def _publish_from_sdp(self) -> None:
-        """Tracks become published once an answered offer carries their m-line, matched by msid
-        track id = AddTrackRequest.cid (or a simulcast codec cid), as LiveKit matches them."""
-        for media in self.publisher.incoming_media():
-            if media.track_id in {t.cid for t in self.tracks.values()}:
-                continue
-            request = self.pending_tracks.get(media.track_id)
-            if request is None:
-                request = next((r for r in self.pending_tracks.values()
-                                if any(c.cid == media.track_id for c in r.simulcast_codecs)), None)
-            if request is None:
-                request = next((r for r in self.pending_tracks.values()
-                                if (r.type == models.TrackType.AUDIO) == (media.kind == "audio")
-                                and r.cid not in {t.cid for t in self.tracks.values()}), None)
-            if request is None:
-                continue
-            sid = self.pending_sids[request.cid]
-            self.pending_tracks.pop(request.cid, None)
-            info = protocol.track_info_from_request(sid, request)
+        """Tracks become published once an answered offer carries their m-line (publication.py)."""
+        published = {t.cid for t in self.tracks.values()}
+        for publication in self.pending.match(self.publisher.incoming_media(), published):
+            info = protocol.track_info_from_request(publication.sid, publication.request)
+            media = publication.media
             info.mid = media.mid or ""
             info.mime_type = media.mime_type
-            track = PublishedTrack(self, info, request.cid, wire_from_media(media), feedback=self,
+            track = PublishedTrack(self, info, publication.request.cid, wire_from_media(media), feedback=self,
                                    project=self.spec.project, room_name=self.spec.room.name,
                                    room_sid=self.spec.room.sid)
-            self.tracks[sid] = track
+            self.tracks[track.sid] = track
             self._tracks_by_mid[track.mid] = track
             self.room.track_published(self, track)
 
