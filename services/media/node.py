@@ -75,7 +75,7 @@ from .remote import RemoteRoomSync, RemoteTrack
 from .room import NodeRoom
 from .session import RESYNC_FRAME, Session
 from .track import PublishedTrack
-from .webrtc import ice
+from .webrtc import aiortc_compat, ice
 from .webrtc.peer import MediaPeer
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ class MediaNode(Service):
     # ---- wiring ---------------------------------------------------------------------------
     async def on_start(self) -> None:
         assert self.bus
+        aiortc_compat.install()  # aiortc's process-wide hooks, before the first PeerConnection
         ice.configure(host_addresses=self.settings.advertise_ips or None,
                       port_min=self.settings.rtc_port_min, port_max=self.settings.rtc_port_max)
         await self.bus.serve(media_node_subject(self.node_id, "open"), self._on_open)
