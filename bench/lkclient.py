@@ -40,7 +40,7 @@ from livekit.protocol import models, rtc
 
 from services.media.rtp.codecs import Codec
 from services.media.rtp.forwarder import SourcePacket
-from services.media.webrtc import ice
+from services.media.webrtc import aiortc_compat, ice
 from services.media.webrtc.peer import MediaPeer
 
 log = logging.getLogger("bench.lkclient")
@@ -52,7 +52,9 @@ AUDIO_CLOCK = 48000
 
 
 def loopback_ice() -> None:
-    """Host candidates on 127.0.0.1 only (the dev media node advertises 127.0.0.1)."""
+    """Host candidates on 127.0.0.1 only (the dev media node advertises 127.0.0.1), and aiortc's
+    hooks installed as a media node would, since bench clients build MediaPeers without one."""
+    aiortc_compat.install()
     ice.configure(host_addresses=["127.0.0.1"])
 
 

@@ -51,7 +51,7 @@ from .reporting import Reporter
 from .room import NodeRoom
 from .room_links import RoomLinks
 from .session import RESYNC_FRAME, Session
-from .webrtc import ice
+from .webrtc import aiortc_compat, ice
 from .webrtc.peer import MediaPeer
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class MediaNode(Service):
     async def on_start(self) -> None:
         assert self.bus
         bus = self.bus
+        aiortc_compat.install()  # aiortc's process-wide hooks, before the first PeerConnection
         ice.configure(host_addresses=self.settings.advertise_ips or None,
                       port_min=self.settings.rtc_port_min, port_max=self.settings.rtc_port_max)
         self.reporter = Reporter(bus, lambda payload, room: self.envelope(payload, room=room), self.node_id,

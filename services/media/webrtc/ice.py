@@ -35,12 +35,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import aioice.ice as aioice_ice
+from aioice import Connection
 from aioice import turn as aioice_turn
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc import RTCConfiguration, RTCIceServer
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from shared.errors import MediaError
+
+from . import aiortc_compat
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +129,6 @@ def rtc_configuration(ice_servers: Sequence[RTCIceServer] = ()) -> RTCConfigurat
 _lock = threading.Lock()
 _config = IceConfig()
 _installed = False
-_original_get_host_addresses = aioice_ice.get_host_addresses
-_original_get_component_candidates = aioice_ice.Connection.get_component_candidates
 _port_cursor = itertools.count()
 
 
@@ -142,8 +143,7 @@ def configure_ice(config: IceConfig) -> None:
     with _lock:
         _config = config
         if not _installed:
-            aioice_ice.get_host_addresses = _patched_get_host_addresses
-            aioice_ice.Connection.get_component_candidates = _patched_get_component_candidates  # type: ignore[method-assign]
+            aiortc_compat.patch_ice_gathering(_patched_get_host_addresses, _patched_get_component_candidates)
             _installed = True
 
 
@@ -162,15 +162,14 @@ def reset_ice() -> None:
     with _lock:
         _config = IceConfig()
         if _installed:
-            aioice_ice.get_host_addresses = _original_get_host_addresses
-            aioice_ice.Connection.get_component_candidates = _original_get_component_candidates  # type: ignore[method-assign]
+            aiortc_compat.restore_ice_gathering()
             _installed = False
 
 
 def _patched_get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     config = _config
     if config.host_addresses is None:
-        return _original_get_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+        return aiortc_compat.original_get_host_addresses(use_ipv4, use_ipv6)
     result = []
     for address in config.host_addresses:
         version = ipaddress.ip_address(address).version
@@ -208,14 +207,14 @@ def _bind_in_range(address: str, config: IceConfig) -> socket.socket:
 
 
 async def _patched_get_component_candidates(
-    self: aioice_ice.Connection,
+    self: Connection,
     component: int,
     addresses: list[str],
     timeout: int = 5,
 ) -> list[Candidate]:
     config = _config
     if not config.has_port_range:
-        return await _original_get_component_candidates(self, component, addresses, timeout)
+        return await aiortc_compat.original_get_component_candidates(self, component, addresses, timeout)
 
     loop = asyncio.get_running_loop()
     host_protocols: list[aioice_ice.StunProtocol] = []
@@ -245,7 +244,7 @@ async def _patched_get_component_candidates(
         for protocol in host_protocols:
             protocol.transport.close()
         raise
-    self._protocols += host_protocols
+    aiortc_compat.add_host_protocols(self, host_protocols)
 
     # Server-reflexive candidates from the sockets bound above (IPv4 only, like aioice).
     srflx_tasks = []
@@ -257,7 +256,7 @@ async def _patched_get_component_candidates(
                 )
     # Relayed candidates: aioice's own implementation, which with no addresses does only TURN.
     relay_task = (
-        asyncio.ensure_future(_original_get_component_candidates(self, component, [], timeout))
+        asyncio.ensure_future(aiortc_compat.original_get_component_candidates(self, component, [], timeout))
         if self.turn_server
         else None
     )

@@ -36,6 +36,8 @@ from aiortc.rtcicetransport import RTCIceTransport
 
 from shared.errors import MediaError
 
+from . import aiortc_compat
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["OLD_LINGER", "RESTART_DEADLINE", "IceRestartError", "IceSwitch"]
@@ -53,15 +55,14 @@ class IceSwitch:
 
     def __init__(self, transport: RTCIceTransport, on_switched: Callable[[], None] | None = None) -> None:
         self.transport = transport
-        self.active: Connection = transport._connection
+        self.active: Connection = aiortc_compat.ice_connection(transport)
         self.pending: Connection | None = None
         self.on_switched = on_switched
         self.restarts = 0
         self._settled: asyncio.Future[bool] | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._begun_at = 0.0
-        transport._recv = self.recv  # type: ignore[method-assign]
-        transport._send = self.send  # type: ignore[method-assign]
+        aiortc_compat.route_ice_io(transport, self.recv, self.send)
 
     @classmethod
     def of(cls, transport: RTCIceTransport, on_switched: Callable[[], None] | None = None) -> IceSwitch:
@@ -72,6 +73,12 @@ class IceSwitch:
             transport._meshrtc_switch = switch  # type: ignore[attr-defined]
         elif on_switched is not None:
             switch.on_switched = on_switched
+        return switch
+
+    @staticmethod
+    def installed_on(transport: RTCIceTransport) -> IceSwitch | None:
+        """The switch of this transport, if one was installed (without installing one)."""
+        switch: IceSwitch | None = getattr(transport, "_meshrtc_switch", None)
         return switch
 
     @property
@@ -116,29 +123,15 @@ class IceSwitch:
         if self.pending is not None:
             await self._abandon(self.pending)
         old = self.active
-        new = Connection(
-            ice_controlling=old.ice_controlling,
-            components=len(old._components) or 1,
-            stun_server=old.stun_server,
-            turn_server=old.turn_server,
-            turn_username=old.turn_username,
-            turn_password=old.turn_password,
-            turn_ssl=old.turn_ssl,
-            turn_transport=old.turn_transport,
-            use_ipv4=old._use_ipv4,
-            use_ipv6=old._use_ipv6,
-            transport_policy=old._transport_policy,
-        )
+        new = aiortc_compat.connection_like(old)
         await new.gather_candidates()
         # Until it is nominated, what arrives on the new sockets joins the queue DTLS reads.
-        new.data_received = self._into_active_queue  # type: ignore[method-assign]
+        aiortc_compat.redirect_connection_data(new, self._into_active_queue)
         self.pending = new
         self._settled = asyncio.get_running_loop().create_future()
         self._begun_at = asyncio.get_running_loop().time()
         self._connect_task = None
-        self.transport._connection = new
-        self.transport.iceGatherer._connection = new
-        self.transport.iceGatherer._remote_candidates_end = False
+        aiortc_compat.switch_ice_connection(self.transport, new, gathering=True)
         self._watch(new)
         self.restarts += 1
         logger.debug("ICE restart %d: gathered %d candidate(s), ufrag %s", self.restarts,
@@ -171,10 +164,11 @@ class IceSwitch:
     def _promote(self, new: Connection) -> None:
         old = self.active
         # Datagrams the old connection queued but DTLS did not read yet keep their order.
+        new_queue, old_queue = aiortc_compat.connection_queue(new), aiortc_compat.connection_queue(old)
         with contextlib.suppress(asyncio.QueueEmpty):
             while True:
-                new._queue.put_nowait(old._queue.get_nowait())
-        del new.data_received  # back to aioice's own method: its own queue
+                new_queue.put_nowait(old_queue.get_nowait())
+        aiortc_compat.keep_connection_data(new)  # back to aioice's own method: its own queue
         self.active = new
         self.pending = None
         self._connect_task = None
@@ -182,8 +176,8 @@ class IceSwitch:
             self._settled.set_result(True)
         # The remote may still send on the old pair for a moment (its switch is not ours): the old
         # sockets keep receiving for OLD_LINGER seconds, into the new queue, then close.
-        old.data_received = self._into_active_queue  # type: ignore[method-assign]
-        old._queue.put_nowait(None)  # a read waiting on the old queue moves to the new one
+        aiortc_compat.redirect_connection_data(old, self._into_active_queue)
+        old_queue.put_nowait(None)  # a read waiting on the old queue moves to the new one
         background_close(old, OLD_LINGER)
         logger.info("ICE restart %d (%s): switched to the new connection %.2f s after it began", self.restarts,
                     "controlling" if new.ice_controlling else "controlled",
@@ -210,29 +204,24 @@ class IceSwitch:
             self._connect_task.cancel()
         self.pending = None
         self._connect_task = None
-        self.transport._connection = self.active
-        self.transport.iceGatherer._connection = self.active
+        aiortc_compat.switch_ice_connection(self.transport, self.active)
         self._watch(self.active)
         with contextlib.suppress(Exception):
             await connection.close()
 
     def _into_active_queue(self, data: bytes, component: int) -> None:
-        self.active._queue.put_nowait((data, component))
+        # Not the media path: SRTP on these sockets is taken by the peer's socket hook first.
+        aiortc_compat.connection_queue(self.active).put_nowait((data, component))
 
     def _watch(self, connection: Connection) -> None:
         """aiortc's monitor waits on one connection's events; point it at `connection`."""
-        name = "_RTCIceTransport__monitor_task"
-        old_task: asyncio.Future[None] | None = getattr(self.transport, name, None)
-        if old_task is not None and not old_task.done():
-            old_task.cancel()
-        self.transport._connection = connection
-        setattr(self.transport, name, asyncio.ensure_future(self.transport._monitor()))
+        aiortc_compat.watch_ice_connection(self.transport, connection)
 
     async def close(self) -> None:
         """Close connections the transport no longer knows about (its own is closed by aiortc)."""
         if self._connect_task is not None:
             self._connect_task.cancel()
-        current = self.transport._connection
+        current = aiortc_compat.ice_connection(self.transport)
         for connection in (self.active, self.pending):
             if connection is not None and connection is not current:
                 with contextlib.suppress(Exception):

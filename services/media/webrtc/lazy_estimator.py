@@ -5,17 +5,16 @@
 every m-line of every publisher offer and every subscriber transceiver, and never feeds them
 (media bypasses aiortc's receive path, see peer.py), so in a join storm that allocation was a
 fifth of the node's time. :class:`LazyRemoteBitrateEstimator` behaves exactly like the real one
-once touched; :func:`install` makes aiortc use it (process-wide, idempotent).
+once touched; ``aiortc_compat.install()`` makes aiortc use it (process-wide, idempotent).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import aiortc.rtcrtpreceiver as _receiver_module
 from aiortc.rate import RemoteBitrateEstimator
 
-__all__ = ["LazyRemoteBitrateEstimator", "install"]
+__all__ = ["LazyRemoteBitrateEstimator"]
 
 
 class LazyRemoteBitrateEstimator:
@@ -33,7 +32,3 @@ class LazyRemoteBitrateEstimator:
     @property
     def built(self) -> bool:
         return self._real is not None
-
-
-def install() -> None:
-    _receiver_module.RemoteBitrateEstimator = LazyRemoteBitrateEstimator  # type: ignore[misc,assignment]

@@ -4,8 +4,8 @@ aiortc 1.16's SDP layer ignores ``a=rid`` / ``a=simulcast`` and never negotiates
 extensions, so a libwebrtc publisher that offers rid simulcast falls back to its lowest layer.
 This module
 
-* registers the ``sdes:rtp-stream-id`` and ``sdes:repaired-rtp-stream-id`` URIs in
-  ``aiortc.codecs.HEADER_EXTENSIONS["video"]`` at import, so aiortc answers their extmaps;
+* (with ``aiortc_compat.install()``, which registers the ``sdes:rtp-stream-id`` and
+  ``sdes:repaired-rtp-stream-id`` URIs with aiortc so that it answers their extmaps)
 * rewrites aiortc's answer text (aiortc never re-reads what it sends): ``a=rid:<x> recv`` and
   ``a=simulcast:recv <list>`` for every offered simulcast m-line, and ``inactive`` for the
   m-lines the client offered ``recvonly``/``inactive`` (pre-created receive transceivers);
@@ -21,9 +21,6 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from aiortc.codecs import HEADER_EXTENSIONS
-from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
-
 __all__ = [
     "ABS_SEND_TIME_URI",
     "AUDIO_LEVEL_URI",
@@ -36,7 +33,6 @@ __all__ = [
     "MediaSection",
     "ParsedSdp",
     "RidInfo",
-    "enable_rid_header_extensions",
     "join_sections",
     "munge_publisher_answer",
     "parse_sdp",
@@ -54,23 +50,6 @@ TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 EOL = "\r\n"
 
-
-def enable_rid_header_extensions() -> None:
-    """Make aiortc negotiate the RID and repaired-RID extensions for video (idempotent).
-
-    aiortc answers with the offer's extmap ids; the ids chosen here are only used when aiortc
-    itself offers, so they just have to be unique within the list.
-    """
-    video = HEADER_EXTENSIONS["video"]
-    for uri in (RID_URI, REPAIRED_RID_URI):
-        if any(ext.uri == uri for ext in video):
-            continue
-        used = {ext.id for ext in video}
-        free = next(i for i in range(1, 15) if i not in used)
-        video.append(RTCRtpHeaderExtensionParameters(id=free, uri=uri))
-
-
-enable_rid_header_extensions()
 
 
 # --------------------------------------------------------------------------- parsing

@@ -2,8 +2,8 @@
 
 aiortc runs an RTCP task per ``RTCRtpSender`` (SR + SDES every 0.5-1.5 s, each an await chain
 and an aiortc packet object graph): at 50 subscribers x 2 tracks that is 100 wake-ups a second
-for a few bytes each. Outgoing tracks of a :class:`~.peer.MediaPeer` replace the sender's
-``_run_rtcp`` by :func:`run_rtcp_quietly` and one :class:`SenderReportClock` per event loop
+for a few bytes each. Outgoing tracks of a :class:`~.peer.MediaPeer` silence that task
+(``aiortc_compat.quiet_sender_rtcp``) and one :class:`SenderReportClock` per event loop
 asks each connected peer, once per :data:`INTERVAL`, to send one compound SR for all its tracks.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
+from typing import Protocol
 
-__all__ = ["INTERVAL", "SenderReportClock", "run_rtcp_quietly"]
+__all__ = ["INTERVAL", "SenderReportClock"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +68,3 @@ class SenderReportClock:
         if self._peers:
             self._handle = self._loop.call_later(INTERVAL, self._tick)
 
-
-async def run_rtcp_quietly(self: Any) -> None:
-    """Stands in for ``RTCRtpSender._run_rtcp`` (bound to the sender, so ``MediaPeer.close``
-    reaps it like aiortc's own tasks): it only sets the events ``RTCRtpSender.stop()`` waits
-    for. The SRs come from :class:`SenderReportClock`."""
-    self._RTCRtpSender__rtcp_started.set()
-    try:
-        await asyncio.get_running_loop().create_future()
-    except asyncio.CancelledError:
-        pass
-    finally:
-        self._RTCRtpSender__rtcp_exited.set()

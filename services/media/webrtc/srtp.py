@@ -2,7 +2,7 @@
 
 pylibsrtp's ``Session.protect`` costs ~3 µs per 1200-byte packet of which ~1.3 µs is libsrtp:
 the rest is a type check, an ``ffi.new("int *")``, a copy into the session's buffer and a copy
-back out (docs/aiortc-sfu-notes.md §4). The forwarding fan-out instead rewrites each copy
+back out. The forwarding fan-out instead rewrites each copy
 straight into :data:`SCRATCH`, calls libsrtp's own ``srtp_protect`` on it (through pylibsrtp's
 cffi binding, same library and context) and hands a view of the result to ``sendto``, which
 copies it into the kernel. Single-threaded use only: a packet must be sent before the next one
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pylibsrtp
-from pylibsrtp._binding import ffi, lib
+from .aiortc_compat import srtp_context
+from .aiortc_compat import srtp_ffi as ffi
+from .aiortc_compat import srtp_lib as lib
 
 __all__ = ["MAX_PLAINTEXT", "SCRATCH", "SCRATCH_SIZE", "protect_in_place", "srtp_context"]
 
@@ -29,11 +30,6 @@ SCRATCH = memoryview(ffi.buffer(_buffer))
 
 PROTECT_RTP: Any = lib.srtp_protect
 PROTECT_RTCP: Any = lib.srtp_protect_rtcp
-
-
-def srtp_context(session: pylibsrtp.Session) -> Any:
-    """The ``srtp_t`` of a pylibsrtp session (valid while the session object lives)."""
-    return session._srtp[0]
 
 
 def protect_in_place(protect: Any, context: Any, length: int) -> int:

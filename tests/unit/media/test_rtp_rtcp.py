@@ -199,9 +199,9 @@ def test_lazy_bitrate_estimator_builds_on_first_use_and_behaves_the_same() -> No
     from aiortc.rate import RemoteBitrateEstimator
     from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
-    from services.media.webrtc import lazy_estimator
+    from services.media.webrtc import aiortc_compat, lazy_estimator
 
-    lazy_estimator.install()
+    aiortc_compat.install()
     class OpenTransport:  # all RTCRtpReceiver.__init__ reads of its transport
         state = "new"
 
