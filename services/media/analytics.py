@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from shared.events import (
     LayerStats,
@@ -175,6 +175,17 @@ class TrackAnalytics:
                            jitter_ms=round(worst_jitter, 2), layers=layers, legs=leg_rates)
 
 
+class _CommonTelemetry(TypedDict):
+    """The fields a track's sample and each of its legs' samples share."""
+
+    project: str
+    room: str
+    room_sid: str
+    track_sid: str
+    kind: TrackKind
+    interval_ms: int
+
+
 def track_telemetry(track: PublishedTrack, now: float) -> tuple[TrackTelemetry, list[SubscriptionTelemetry]]:
     """One sample of a published track and of each of its subscriber legs."""
     from .remote import RemoteTrack  # (remote imports track, which imports this module)
@@ -190,7 +201,7 @@ def track_telemetry(track: PublishedTrack, now: float) -> tuple[TrackTelemetry, 
     sample = track.analytics.snapshot(now, track.bytes_in, streams, track.active_layers(now),
                                       [(sub, sub.stats) for sub in subs])
     kind = track.analytics.kind
-    common = {"project": project, "room": room, "room_sid": room_sid, "track_sid": track.sid,
+    common: _CommonTelemetry = {"project": project, "room": room, "room_sid": room_sid, "track_sid": track.sid,
               "kind": kind, "interval_ms": sample.interval_ms}
     dynacast = track.dynacast.max_layer if track.dynacast is not None else None
     head = TrackTelemetry(
