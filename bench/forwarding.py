@@ -66,10 +66,11 @@ WIDTH, HEIGHT, FPS = 1280, 720, 30
 VIDEO_BITRATE = 1_350_000  # libvpx overshoots ~10 % on this content: ~1.5 Mbps on the wire
 GOP = 60  # keyframe every 2 s
 
-# Reference figures (µs of SFU CPU per forwarded packet, same 2-vCPU VM, same kind of load):
-# docs/aiortc-sfu-notes.md §3/§5 and janus-baseline.md §3 (means of repeats; single core).
+# Reference figures (µs of SFU CPU per forwarded packet, same 2-vCPU VM, same kind of load,
+# means of repeats, SFU on one core), measured before this code existed; what each one is:
+# docs/BENCHMARKS.md, "Reference figures: the prototype and Janus".
 NOTES_FAST_PATH_US = 27.0  # Python prototype "fast" path under load (27.6 marginal N 20->50)
-PROTOTYPE_US = {1: 223.8, 10: 51.7, 50: 33.0, 100: 33.1}  # prototype, janus-baseline session
+PROTOTYPE_US = {1: 223.8, 10: 51.7, 50: 33.0, 100: 33.1}  # prototype, same session as Janus
 JANUS_US = {1: 145.5, 10: 45.3, 50: 44.7, 100: 44.2}  # Janus 1.1.2 default (thread per handle)
 JANUS_EL1_US = {10: 33.9, 50: 23.1, 100: 23.3}  # Janus 1.1.2 with event_loops = 1
 MARGINAL_10_50 = {"prototype": 28.4, "janus": 44.6, "janus_el1": 20.4}

@@ -1,9 +1,17 @@
 """LiveKit-compatible access tokens and webhook signatures (HS256 JWTs).
 
 Tokens must interoperate both ways with LiveKit's SDKs and server: whatever `livekit-api` mints
-must verify here with every grant intact, and whatever we mint must verify there. The wire format
-(lowerCamelCase claims, which claims are required, the 60 s leeway, the webhook `sha256` claim) is
-described in docs/livekit-protocol.md sections 1.3, 6 and 7.
+must verify here with every grant intact, and whatever we mint must verify there. What that takes:
+
+* `/rtc` takes the token from `Authorization: Bearer …` (the Rust SDK) or from the
+  `access_token` query parameter (the JS SDK); both must work.
+* Only HS256; `iss` is the API key, which selects the secret; `sub` is the identity; `exp` is
+  required; `nbf` and `exp` are checked with 60 s of leeway.
+* Custom claims are lowerCamelCase (`video.roomJoin`, `canPublishSources`, ...). An absent
+  `canPublish`/`canSubscribe` means true and an absent `canPublishData` follows `canPublish`,
+  as LiveKit's server reads them.
+* A webhook's `Authorization` header is the bare token (no `Bearer `), whose `sha256` claim is
+  the standard base64 (with padding) of the SHA-256 digest of the exact body bytes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Append-only SQL event store and consumer offsets (DESIGN.md §5).
+"""Append-only SQL event store and consumer offsets.
 
 `EventStore` is synchronous; async services call it through `asyncio.to_thread`. Events are keyed
 by their envelope id, so appending one twice stores it once. `seq` is the store's own order (the

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from meshrtc.lab.state import DEFAULT_STATE_DIR, LabState, StateDir
 from meshrtc.lab.topology import LabPlan
@@ -147,12 +148,12 @@ def _status(args: argparse.Namespace, plan: LabPlan, state: LabState, state_dir:
     from meshrtc.lab import links, netns, runner
 
     link_rows = links.link_status(plan, state_dir)
-    dcs = []
+    dcs: list[dict[str, Any]] = []  # one JSON object per DC
     for dc in plan.datacenters:
         pid = state.dc_pids.get(dc)
         dcs.append({
             "dc": dc, "namespace": plan.namespace(dc), "url": plan.url(dc), "pid": pid,
-            "alive": bool(pid) and netns.pid_alive(pid),
+            "alive": netns.pid_alive(pid) if pid else False,
             "signal": runner.signal_answers(plan, dc) if state.services else None,
             "leafnodes": runner.leafnode_remotes(plan, dc) if state.services else None,
         })

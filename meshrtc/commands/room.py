@@ -128,7 +128,7 @@ async def _run_api(args: argparse.Namespace, call: Callable[[Any], Awaitable[int
 def to_dict(message: Any) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
-    return MessageToDict(message)  # type: ignore[no-any-return]
+    return MessageToDict(message)
 
 
 def print_json(value: object) -> None:

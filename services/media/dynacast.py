@@ -58,7 +58,7 @@ class Dynacast:
 def quality_update(track_sid: str, mime_type: str, layers: Sequence[int], max_layer: int) -> rtc.SignalResponse:
     """The `subscribed_quality_update` that keeps the layers up to `max_layer` (LiveKit's
     per-codec list, plus the deprecated flat list older clients read)."""
-    qualities = [rtc.SubscribedQuality(quality=layer, enabled=layer <= max_layer)  # type: ignore[arg-type]
+    qualities = [rtc.SubscribedQuality(quality=layer, enabled=layer <= max_layer)
                  for layer in (models.VideoQuality.LOW, models.VideoQuality.MEDIUM, models.VideoQuality.HIGH)
                  if layer in layers or not layers]
     codec = mime_type.split("/")[-1].lower() if mime_type else "vp8"

@@ -14,10 +14,16 @@ PING_INTERVAL = 5
 PING_TIMEOUT = 15
 
 
+# livekit's generated stubs declare each enum as a subclass of int whose members are instances of
+# it; at run time enum values are plain ints, and an int is what the protobuf constructors take.
+# Hence the `type: ignore[arg-type]` where a contract's int becomes an enum field.
+
+
 def permission_proto(spec: PermissionSpec) -> models.ParticipantPermission:
     return models.ParticipantPermission(
         can_subscribe=spec.can_subscribe, can_publish=spec.can_publish, can_publish_data=spec.can_publish_data,
-        can_publish_sources=list(spec.can_publish_sources), can_update_metadata=spec.can_update_metadata,
+        can_publish_sources=list(spec.can_publish_sources),  # type: ignore[arg-type]
+        can_update_metadata=spec.can_update_metadata,
         hidden=spec.hidden, recorder=spec.recorder, agent=spec.agent,
     )
 
@@ -87,7 +93,8 @@ def reconnect_response(node_id: str, region: str, last_message_seq: int) -> rtc.
 
 def leave(reason: int, action: int = rtc.LeaveRequest.Action.DISCONNECT) -> rtc.SignalResponse:
     return rtc.SignalResponse(leave=rtc.LeaveRequest(
-        can_reconnect=action != rtc.LeaveRequest.Action.DISCONNECT, reason=reason, action=action))
+        can_reconnect=action != rtc.LeaveRequest.Action.DISCONNECT,
+        reason=reason, action=action))  # type: ignore[arg-type]
 
 
 def quality_from_rid(rid: str) -> int:

@@ -12,8 +12,10 @@ the track is: its node, room) changed, so the caller rebuilds the forwarder's st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 Addr = tuple[str, int]
+K = TypeVar("K")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,14 @@ class Interest:
     @property
     def empty(self) -> bool:
         return not self.local and not self.remote
+
+
+def _drop_lapsed(entries: dict[K, float], now: float) -> bool:
+    """Remove the entries expired by `now`; True if any was."""
+    lapsed = [key for key, expires in entries.items() if expires <= now]
+    for key in lapsed:
+        del entries[key]
+    return bool(lapsed)
 
 
 class Subscriptions:
@@ -71,10 +81,9 @@ class Subscriptions:
         """Drop lapsed entries; returns the streams whose targets changed (some may be gone)."""
         changed: set[int] = set()
         for stream, interest in list(self.interests.items()):
-            for entries in (interest.local, interest.remote):
-                for key in [key for key, expires in entries.items() if expires <= now]:
-                    del entries[key]
-                    changed.add(stream)
+            # `|`, not `or`: both tables are swept even when the first had lapsed entries.
+            if _drop_lapsed(interest.local, now) | _drop_lapsed(interest.remote, now):
+                changed.add(stream)
             if interest.empty:
                 del self.interests[stream]
         return changed

@@ -105,7 +105,7 @@ class RoomApi:
         except DecodeError as exc:
             raise ApiError("malformed", f"could not decode {request_type.__name__}: {exc}") from None
         handler = getattr(self, f"_{method}")
-        return await handler(request, project)  # type: ignore[no-any-return]
+        return await handler(request, project)
 
     # ---- helpers --------------------------------------------------------------------------
     def _room(self, name: str) -> RoomState:
@@ -146,8 +146,9 @@ class RoomApi:
 
     async def _ListRooms(self, request: room_pb.ListRoomsRequest, project: str) -> room_pb.ListRoomsResponse:
         names = set(request.names)
-        rooms = [room_proto(r) for r in self.registry.rooms.values() if not names or r.name in names]
-        return room_pb.ListRoomsResponse(rooms=sorted(rooms, key=lambda r: r.creation_time_ms))
+        rooms = sorted((room_proto(r) for r in self.registry.rooms.values() if not names or r.name in names),
+                       key=lambda room: room.creation_time_ms)
+        return room_pb.ListRoomsResponse(rooms=rooms)
 
     async def _DeleteRoom(self, request: room_pb.DeleteRoomRequest, project: str) -> room_pb.DeleteRoomResponse:
         room = self._room(request.room)

@@ -19,12 +19,12 @@ from .denial import deny
 from .twirp import handle_room_service
 
 if TYPE_CHECKING:
-    from .app import SignalService
+    from .ports import HttpHost
 
 CORS = {"Access-Control-Allow-Origin": "*"}
 
 
-def build_app(service: SignalService) -> FastAPI:
+def build_app(service: HttpHost) -> FastAPI:
     app = FastAPI(title="meshrtc signal", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
                        expose_headers=["*"])

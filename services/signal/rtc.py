@@ -107,7 +107,7 @@ class RtcEndpoint:
 
         After a leave the WebSocket is left for the client to close: a close right behind the
         leave reaches the Rust core as a second failure, which turns its resume into a full
-        rejoin (livekit-protocol.md §3.1). A client that closes the old WebSocket only after
+        rejoin. A client that closes the old WebSocket only after
         resuming elsewhere is harmless: the node ignores CloseSession from a connection the
         session has left."""
         refs = [BridgeRef(sid, bridge.node_id, bridge.connection_id, bridge.sdk)

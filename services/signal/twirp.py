@@ -58,7 +58,7 @@ def _response_type(method: str) -> type[Message]:
     from livekit.protocol import room as room_pb
 
     name = RESPONSES[method]
-    return getattr(room_pb, name, None) or getattr(models, name)  # type: ignore[no-any-return]
+    return getattr(room_pb, name, None) or getattr(models, name)
 
 
 async def handle_room_service(request: Request, method: str, bus: Bus, dc: str, verifier: TokenVerifier) -> Response:

@@ -8,7 +8,9 @@ other side.
 (c) The same, with the browser joining after the video is published.
 
 The page (tests/e2e/browser) is bundled here with esbuild and served from its own origin, so the
-server's CORS answers matter just as they do for a real web app. Recipe: docs browser-testing.md.
+server's CORS answers matter just as they do for a real web app. The browser is Debian's
+Chromium (`.ci/run` installs it), driven by Playwright's Python package without
+`playwright install`, with fake media devices and loopback ICE candidates allowed (the flags below).
 """
 
 from __future__ import annotations

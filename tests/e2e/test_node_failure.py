@@ -1,5 +1,5 @@
 """A media node SIGKILLed mid-call: its participants are told to rejoin, land on a healthy node,
-republish, and media flows again (DESIGN.md §5 failover as event handlers)."""
+republish, and media flows again (failover is event handlers reacting to `node.down`)."""
 
 from __future__ import annotations
 

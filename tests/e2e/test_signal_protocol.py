@@ -1,5 +1,5 @@
 """The signalling protocol on the wire, checked frame by frame with a raw WebSocket client:
-what LiveKit's clients require of the first frames (livekit-protocol.md §2, §0.1)."""
+what LiveKit's clients require of the first frames."""
 
 from __future__ import annotations
 

@@ -273,7 +273,7 @@ class Vp8PictureIdMunger:
 
 
 def apply_vp8_offsets(
-    buf: bytearray, payload_start: int, desc: Vp8Descriptor, picture_id_offset: int, tl0picidx_offset: int
+    buf: bytearray | memoryview, payload_start: int, desc: Vp8Descriptor, picture_id_offset: int, tl0picidx_offset: int
 ) -> None:
     if picture_id_offset and desc.picture_id_bits:
         value = (desc.picture_id + picture_id_offset) & 0x7FFF

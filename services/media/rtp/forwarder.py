@@ -307,7 +307,7 @@ class DownTrack:
                     self._src_high = seq
                     self._skip_one()
                     self.packets_dropped += 1
-                    return None
+                    return 0
             else:
                 newest = False
                 # Late packet: drop it if it predates this epoch's first packet.

@@ -459,8 +459,8 @@ def route_ice_io(
     send: Callable[[bytes], Coroutine[Any, Any, None]],
 ) -> None:
     """DTLS reads and writes through ``recv``/``send`` instead of the transport's connection."""
-    transport._recv = recv  # type: ignore[method-assign]
-    transport._send = send  # type: ignore[method-assign,assignment]
+    transport._recv = recv
+    transport._send = send  # type: ignore[assignment]  # (aiortc types _send as a bound method)
 
 
 def switch_ice_connection(transport: RTCIceTransport, connection: Connection, *, gathering: bool = False) -> None:
