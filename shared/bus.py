@@ -43,7 +43,7 @@ from tenacity import (
 )
 
 from shared.bus_consumer import Consumer, EventHandler, MsgMeta, RawHandler, event_handler_adapter
-from shared.contracts.subjects import check_dc, event_subject, stream_name
+from shared.contracts.subjects import check_dc, event_subject, stream_name, stream_subjects
 from shared.events import Envelope
 from shared.replication import ensure_replica, replica_stream
 
@@ -148,7 +148,7 @@ class StreamSpec:
         return stream_name(self.kind, dc)
 
     def subjects(self, dc: str) -> list[str]:
-        return [f"{self.kind}.{check_dc(dc)}.>"]
+        return stream_subjects(self.kind, dc)
 
     def config(self, dc: str) -> StreamConfig:
         return StreamConfig(

@@ -26,16 +26,23 @@ from typing import Any, NamedTuple
 from nats.aio.msg import Msg
 
 from shared.config import Settings
-from shared.contracts.subjects import check_dc, rollup_subject, stream_name
+from shared.contracts.billing import MINUTE_MS, QueryError, RoomStatsQuery, UsageQuery
+from shared.contracts.subjects import (
+    rollup_subject,
+    stream_name,
+    telemetry_filter,
+    telemetry_request_subject,
+    usage_filter,
+    usage_request_subject,
+)
 from shared.db import check_database
 from shared.events import Direction, Envelope, EventDecodeError, UsageRollup, UsageSample
 from shared.pricing import load_pricing
 from shared.service import Service
 
 from .consumer import BatchConsumer
-from .protocol import MINUTE_MS, QueryError, UsageQuery, usage_request_subject
 from .store import ApplyResult, BillingStore, Rollup, make_billing_engine, now_ms, rollup_event_id
-from .telemetry import RoomStatsQuery, TelemetryStore, telemetry_filter, telemetry_request_subject
+from .telemetry import TelemetryStore
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,7 @@ class FastSample(NamedTuple):
 
 _TRACK_SAMPLE = FastSample("", "", "", "", "", "", Direction.UPSTREAM, 0, 0, 0, 0, 0)
 _DIRECTIONS = {d.value: d for d in Direction}
+_USAGE_SAMPLE = UsageSample.TYPE
 
 
 def fast_sample(data: Any) -> FastSample | None:
@@ -71,7 +79,7 @@ def fast_sample(data: Any) -> FastSample | None:
     second). Per-track samples give `_TRACK_SAMPLE` (not billed). Returns None for anything that is
     not exactly the canonical shape, which then goes through `Envelope.from_dict` and its checks."""
     try:
-        if data["type"] != "usage.sample" or data.get("v", 1) != 1 or data["id"].__class__ is not str:
+        if data["type"] != _USAGE_SAMPLE or data.get("v", 1) != 1 or data["id"].__class__ is not str:
             return None
         p = data["payload"]
         if p.get("track_sid"):
@@ -88,10 +96,6 @@ def fast_sample(data: Any) -> FastSample | None:
         if number.__class__ is not int:
             return None
     return sample
-
-
-def usage_filter(dc: str) -> str:
-    return f"usage.{check_dc(dc)}.sample.>"
 
 
 class BillingService(Service):

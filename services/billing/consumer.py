@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared.bus import Bus
+from shared.contracts.subjects import jetstream_next_subject
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class BatchConsumer:
             max_ack_pending=max_ack_pending,
         )
         self.linger = 0.005  # seconds without a new delivery that end a batch early
-        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._next_subject = jetstream_next_subject(stream, durable)
         self._sub: object | None = None
         self._inbox = ""
         self._buffer: list[Msg] = []

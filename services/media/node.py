@@ -41,10 +41,12 @@ from shared.contracts.relay import (
     relay_subscribe_subject,
 )
 from shared.contracts.subjects import (
+    event_type_filter,
     media_node_subject,
     room_data_subject,
     session_resume_subject,
     session_to_signal_subject,
+    sessions_to_node_filter,
     telemetry_room_subject,
     usage_subject,
 )
@@ -120,9 +122,9 @@ class MediaNode(Service):
         self.relay_link.start()
         await self.bus.serve(media_export_subject(self.node_id), self._on_export)
         background(self._relay_loop(), "media-relay")
-        await self.bus.subscribe(f"sess.{self.node_id}.*.up", self._on_up)
+        await self.bus.subscribe(sessions_to_node_filter(self.node_id), self._on_up)
         await self.bus.subscribe(session_resume_subject("*"), self._on_resume)
-        await self.bus.subscribe(f"events.{self.settings.dc}.node.down.>", self._on_node_down)
+        await self.bus.subscribe(event_type_filter(self.settings.dc, NodeDown.TYPE), self._on_node_down)
         background(self._debug_loop(), "media-debug")
         background(self._room_loop(), "media-room-loop")
         background(self._usage_loop(), "media-usage")

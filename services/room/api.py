@@ -13,6 +13,7 @@ from livekit.protocol import models
 from livekit.protocol import room as room_pb
 
 from shared.contracts.control import CommandResult, MediaCommand
+from shared.contracts.room_api import REQUESTS
 from shared.events import EventPayload, RoomCreated, RoomFinished, RoomMetadataUpdated
 from shared.ids import new_room_sid
 
@@ -21,20 +22,6 @@ from .state import ParticipantState, RoomRegistry, RoomState
 
 CommandSender = Callable[[str, MediaCommand], Awaitable[CommandResult]]
 EventEmitter = Callable[[EventPayload, str], Awaitable[None]]
-
-REQUESTS: dict[str, type[Message]] = {
-    "CreateRoom": room_pb.CreateRoomRequest,
-    "ListRooms": room_pb.ListRoomsRequest,
-    "DeleteRoom": room_pb.DeleteRoomRequest,
-    "ListParticipants": room_pb.ListParticipantsRequest,
-    "GetParticipant": room_pb.RoomParticipantIdentity,
-    "RemoveParticipant": room_pb.RoomParticipantIdentity,
-    "MutePublishedTrack": room_pb.MuteRoomTrackRequest,
-    "UpdateParticipant": room_pb.UpdateParticipantRequest,
-    "UpdateSubscriptions": room_pb.UpdateSubscriptionsRequest,
-    "SendData": room_pb.SendDataRequest,
-    "UpdateRoomMetadata": room_pb.UpdateRoomMetadataRequest,
-}
 
 
 class ApiError(Exception):

@@ -21,7 +21,7 @@ from livekit.protocol import models
 from shared.bus import BusTimeout, MsgMeta, NoResponders, RemoteError
 from shared.config import Settings
 from shared.contracts.control import ApiCall, ApiResult, CommandResult, JoinRequest, MediaCommand
-from shared.contracts.subjects import media_node_subject, room_request_subject
+from shared.contracts.subjects import heartbeat_subject, media_node_subject, room_request_subject
 from shared.db import check_database, make_engine
 from shared.events import (
     Envelope,
@@ -36,7 +36,7 @@ from shared.events import (
 from shared.eventstore import EventStore
 from shared.ids import derived_event_id
 from shared.replication import SourceKicker, replica_stream
-from shared.service import Service, heartbeat_subject
+from shared.service import Service
 from shared.tasks import cancel_and_wait
 
 from .admission import Admissions

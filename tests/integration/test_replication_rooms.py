@@ -21,10 +21,9 @@ from livekit.protocol import models
 from services.room.app import RoomService
 from shared.config import Settings
 from shared.contracts.control import CommandResult, JoinAdmission, JoinRequest, MediaCommand
-from shared.contracts.subjects import media_node_subject, room_request_subject
+from shared.contracts.subjects import heartbeat_subject, media_node_subject, room_request_subject
 from shared.db import upgrade
 from shared.events import Envelope, NodeHeartbeat, ParticipantActive, ParticipantJoined, ParticipantLeft
-from shared.service import heartbeat_subject
 from tests.e2e.conftest import API_KEY, API_SECRET
 from tests.e2e.test_webhooks import Receiver
 from tests.support.mesh import Mesh, run_mesh
