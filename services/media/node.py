@@ -20,9 +20,7 @@ from shared.contracts.control import (
     RESYNC_HEADER,
     Ack,
     CloseSession,
-    CommandResult,
     ControlDecodeError,
-    MediaCommand,
     NodeStats,
     OpenSession,
     ResumableAnswer,
@@ -31,6 +29,7 @@ from shared.contracts.control import (
     SessionOpened,
     SessionResumed,
 )
+from shared.contracts.media_commands import ROOM_WIDE_OPS, CommandResult, decode_media_command
 from shared.contracts.relay import (
     RelaySubscribe,
     RelaySubscribed,
@@ -309,10 +308,10 @@ class MediaNode(Service):
                     await session.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=False)
 
     async def _on_command(self, data: bytes) -> bytes:
-        command = MediaCommand.decode(data)
+        command = decode_media_command(data)
         room = self.rooms.get(command.room)
         if room is None:
-            return CommandResult(ok=command.op in ("close_room", "send_data", "room_metadata")).encode()
+            return CommandResult(ok=command.op in ROOM_WIDE_OPS).encode()
         try:
             return (await apply_command(room, command)).encode()
         except CommandError as exc:

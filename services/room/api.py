@@ -12,7 +12,19 @@ from google.protobuf.message import DecodeError, Message
 from livekit.protocol import models
 from livekit.protocol import room as room_pb
 
-from shared.contracts.control import CommandResult, MediaCommand
+from shared.contracts.media_commands import (
+    CloseRoom,
+    CommandResult,
+    MediaCommand,
+    MuteTrack,
+    ParticipantTrackSids,
+    RemoveParticipant,
+    SendData,
+    UpdateParticipant,
+    UpdateRoomMetadata,
+    UpdateSubscriptions,
+    permission_spec,
+)
 from shared.contracts.room_api import REQUESTS
 from shared.events import EventPayload, RoomCreated, RoomFinished, RoomMetadataUpdated
 from shared.ids import new_room_sid
@@ -138,8 +150,7 @@ class RoomApi:
     async def _DeleteRoom(self, request: room_pb.DeleteRoomRequest, project: str) -> room_pb.DeleteRoomResponse:
         room = self._room(request.room)
         for node in room.nodes():
-            await self._command(node, MediaCommand(op="close_room", room=room.name,
-                                                   reason=models.DisconnectReason.ROOM_DELETED))
+            await self._command(node, CloseRoom(room=room.name, reason=models.DisconnectReason.ROOM_DELETED))
         await self.emit(RoomFinished(sid=room.sid, reason="deleted", merged_sids=room.merged_sids), room.name)
         return room_pb.DeleteRoomResponse()
 
@@ -156,9 +167,8 @@ class RoomApi:
                                  project: str) -> room_pb.RemoveParticipantResponse:
         room = self._room(request.room)
         participant = self._participant(room, request.identity)
-        await self._command(participant.node, MediaCommand(
-            op="remove", room=room.name, participant_sid=participant.sid,
-            reason=models.DisconnectReason.PARTICIPANT_REMOVED))
+        await self._command(participant.node, RemoveParticipant(
+            room=room.name, participant_sid=participant.sid, reason=models.DisconnectReason.PARTICIPANT_REMOVED))
         return room_pb.RemoveParticipantResponse()
 
     async def _MutePublishedTrack(self, request: room_pb.MuteRoomTrackRequest,
@@ -167,9 +177,8 @@ class RoomApi:
         participant = self._participant(room, request.identity)
         if request.track_sid not in participant.tracks:
             raise ApiError("not_found", "track does not exist")
-        result = await self._command(participant.node, MediaCommand(
-            op="mute", room=room.name, participant_sid=participant.sid, track_sid=request.track_sid,
-            muted=request.muted))
+        result = await self._command(participant.node, MuteTrack(
+            room=room.name, participant_sid=participant.sid, track_sid=request.track_sid, muted=request.muted))
         track = models.TrackInfo.FromString(base64.b64decode(result.payload))
         return room_pb.MuteRoomTrackResponse(track=track)
 
@@ -177,22 +186,30 @@ class RoomApi:
                                  project: str) -> models.ParticipantInfo:
         room = self._room(request.room)
         participant = self._participant(room, request.identity)
-        result = await self._command(participant.node, MediaCommand(
-            op="update", room=room.name, participant_sid=participant.sid, payload=b64(request)))
+        result = await self._command(participant.node, UpdateParticipant(
+            room=room.name, participant_sid=participant.sid, metadata=request.metadata, name=request.name,
+            attributes=dict(request.attributes),
+            permission=permission_spec(request.permission) if request.HasField("permission") else None))
         return models.ParticipantInfo.FromString(base64.b64decode(result.payload))
 
     async def _UpdateSubscriptions(self, request: room_pb.UpdateSubscriptionsRequest,
                                    project: str) -> room_pb.UpdateSubscriptionsResponse:
         room = self._room(request.room)
         participant = self._participant(room, request.identity)
-        await self._command(participant.node, MediaCommand(
-            op="subscriptions", room=room.name, participant_sid=participant.sid, payload=b64(request)))
+        await self._command(participant.node, UpdateSubscriptions(
+            room=room.name, participant_sid=participant.sid, subscribe=request.subscribe,
+            track_sids=list(request.track_sids),
+            participant_tracks=[ParticipantTrackSids(participant_sid=p.participant_sid, track_sids=list(p.track_sids))
+                                for p in request.participant_tracks]))
         return room_pb.UpdateSubscriptionsResponse()
 
     async def _SendData(self, request: room_pb.SendDataRequest, project: str) -> room_pb.SendDataResponse:
         room = self._room(request.room)
+        command = SendData(room=room.name, data=request.data, topic=request.topic,
+                           destination_identities=list(request.destination_identities), nonce=request.nonce,
+                           reliable=request.kind == models.DataPacket.Kind.RELIABLE)
         for node in room.nodes():
-            await self._command(node, MediaCommand(op="send_data", room=room.name, payload=b64(request)))
+            await self._command(node, command)
         return room_pb.SendDataResponse()
 
     async def _UpdateRoomMetadata(self, request: room_pb.UpdateRoomMetadataRequest, project: str) -> models.Room:
@@ -200,7 +217,7 @@ class RoomApi:
         await self.emit(RoomMetadataUpdated(sid=room.sid, metadata=request.metadata), room.name)
         updated = room_proto(room)
         for node in room.nodes():
-            await self._command(node, MediaCommand(op="room_metadata", room=room.name, payload=b64(updated)))
+            await self._command(node, UpdateRoomMetadata(room=room.name, metadata=updated.metadata))
         return updated
 
 
