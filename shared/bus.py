@@ -32,7 +32,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -42,7 +42,14 @@ from tenacity import (
     wait_exponential,
 )
 
-from shared.bus_consumer import Consumer, EventHandler, MsgMeta, RawHandler, event_handler_adapter
+from shared.bus_consumer import (
+    Consumer,
+    ConsumerSettings,
+    EventHandler,
+    MsgMeta,
+    RawHandler,
+    event_handler_adapter,
+)
 from shared.contracts.subjects import check_dc, event_subject, stream_name, stream_subjects
 from shared.events import Envelope
 from shared.replication import ensure_replica, replica_stream
@@ -691,23 +698,14 @@ class Bus:
         handler: EventHandler,
         *,
         filter_subject: str | None = None,
-        batch: int = 64,
-        ack_wait: float = 30.0,
-        max_deliver: int = -1,
-        deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
-        fetch_timeout: float = 5.0,
-        nak_base_delay: float = 0.5,
-        nak_max_delay: float = 30.0,
+        settings: ConsumerSettings = ConsumerSettings(),
     ) -> Consumer:
         """Run `async def handler(env, meta)` over a durable pull consumer; returns it running.
 
         Ack after the handler returns; nak with backoff if it raises; term undecodable messages.
         """
         return await self.consume_raw(
-            stream, durable, event_handler_adapter(handler), filter_subject=filter_subject,
-            batch=batch, ack_wait=ack_wait, max_deliver=max_deliver, deliver_policy=deliver_policy,
-            fetch_timeout=fetch_timeout, nak_base_delay=nak_base_delay, nak_max_delay=nak_max_delay,
-        )
+            stream, durable, event_handler_adapter(handler), filter_subject=filter_subject, settings=settings)
 
     async def consume_raw(
         self,
@@ -716,20 +714,11 @@ class Bus:
         handler: RawHandler,
         *,
         filter_subject: str | None = None,
-        batch: int = 64,
-        ack_wait: float = 30.0,
-        max_deliver: int = -1,
-        deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
-        fetch_timeout: float = 5.0,
-        nak_base_delay: float = 0.5,
-        nak_max_delay: float = 30.0,
+        settings: ConsumerSettings = ConsumerSettings(),
     ) -> Consumer:
         """Like consume() with `async def handler(data: bytes, meta)`; raising EventDecodeError terms."""
-        consumer = Consumer(
-            self._nc, self.js, stream, durable, handler, filter_subject=filter_subject, batch=batch,
-            ack_wait=ack_wait, max_deliver=max_deliver, deliver_policy=deliver_policy,
-            fetch_timeout=fetch_timeout, nak_base_delay=nak_base_delay, nak_max_delay=nak_max_delay,
-        )
+        consumer = Consumer(self._nc, self.js, stream, durable, handler, filter_subject=filter_subject,
+                            settings=settings)
         await self._retrying(consumer.start)
         self._consumers.add(consumer)
         return consumer

@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 from nats.aio.msg import Msg
@@ -40,7 +41,7 @@ from shared.events import Direction, Envelope, EventDecodeError, UsageRollup, Us
 from shared.pricing import load_pricing
 from shared.service import Service
 
-from .consumer import BatchConsumer
+from .consumer import BATCH_CONSUMER, BatchConsumer
 from .store import ApplyResult, BillingStore, Rollup, make_billing_engine, now_ms, rollup_event_id
 from .telemetry import TelemetryStore
 
@@ -141,7 +142,8 @@ class BillingService(Service):
         await self.bus.serve(usage_request_subject(self.settings.dc), self._on_usage, concurrency=4)
         self.consumer = BatchConsumer(
             self.bus, stream_name("usage", self.settings.dc), self.durable, self._on_batch,
-            filter_subject=usage_filter(self.settings.dc), batch=self.batch, ack_wait=self.ack_wait)
+            filter_subject=usage_filter(self.settings.dc),
+            settings=replace(BATCH_CONSUMER, batch=self.batch, ack_wait=self.ack_wait))
         await self.consumer.start()
         self._publisher = asyncio.create_task(self._publish_loop(), name="billing-rollups")
         await self._start_telemetry()
@@ -268,8 +270,8 @@ class BillingService(Service):
         await self.bus.serve(telemetry_request_subject(self.settings.dc), self._on_room_stats, concurrency=4)
         self.telemetry_consumer = BatchConsumer(
             self.bus, stream_name("telemetry", self.settings.dc), f"telemetry-{self.settings.dc}",
-            self._on_telemetry_batch, filter_subject=telemetry_filter(self.settings.dc), batch=500,
-            ack_wait=self.ack_wait)
+            self._on_telemetry_batch, filter_subject=telemetry_filter(self.settings.dc),
+            settings=replace(BATCH_CONSUMER, batch=500, ack_wait=self.ack_wait))
         await self.telemetry_consumer.start()
         self._pruner = asyncio.create_task(self._prune_loop(), name="telemetry-retention")
 
