@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import time
@@ -41,6 +42,7 @@ from tenacity import (
     stop_after_delay,
     wait_exponential,
 )
+from tenacity.stop import stop_base
 
 from shared.bus_consumer import (
     Consumer,
@@ -312,7 +314,7 @@ class Bus:
 
     async def _connect(self, connect_timeout: float, attempts: int | None, reconnect_wait: float) -> None:
         started = time.monotonic()
-        stop = stop_after_delay(connect_timeout)
+        stop: stop_base = stop_after_delay(connect_timeout)
         if attempts:
             stop = stop | stop_after_attempt(attempts)
         tries = 0
@@ -339,10 +341,10 @@ class Bus:
                     await nc.connect(
                         servers=self._servers,
                         name=self.name,
-                        connect_timeout=max(0.2, min(2.0, remaining)),
+                        connect_timeout=max(0.2, min(2.0, remaining)),  # type: ignore[arg-type]  # float works
                         # bounded for this first connect (nats-py would loop forever on -1; with 1
                         # it tries twice); tenacity does the backing off ...
-                        reconnect_time_wait=0.05,
+                        reconnect_time_wait=0.05,  # type: ignore[arg-type]  # nats-py's stub says int
                         max_reconnect_attempts=1,
                         allow_reconnect=True,
                         error_cb=self._on_error,
@@ -475,7 +477,7 @@ class Bus:
         for spec in STREAMS if specs is None else specs:
             desired = spec.config(self.dc)
             assert desired.name is not None
-            result[desired.name] = await self._retrying(lambda d=desired: self._ensure_stream(d))
+            result[desired.name] = await self._retrying(functools.partial(self._ensure_stream, desired))
         if datacenters is not None:
             result[replica_stream(self.dc)] = await self._retrying(
                 lambda: ensure_replica(self.js, self.dc, datacenters))

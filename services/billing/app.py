@@ -192,7 +192,7 @@ class BillingService(Service):
         for msg in msgs:
             try:
                 data = json.loads(msg.data)
-                sample = fast_sample(data)
+                sample: FastSample | UsageSample | None = fast_sample(data)
                 if sample is None:  # anything unusual: the full, validating decoder decides
                     env = Envelope.from_dict(data) if isinstance(data, dict) else Envelope.from_json(msg.data)
                     if not isinstance(env.payload, UsageSample):

@@ -145,7 +145,8 @@ class RoomApi:
     async def _ListRooms(self, request: room_pb.ListRoomsRequest, project: str) -> room_pb.ListRoomsResponse:
         names = set(request.names)
         rooms = [room_proto(r) for r in self.registry.rooms.values() if not names or r.name in names]
-        return room_pb.ListRoomsResponse(rooms=sorted(rooms, key=lambda r: r.creation_time_ms))
+        rooms.sort(key=lambda r: r.creation_time_ms)
+        return room_pb.ListRoomsResponse(rooms=rooms)
 
     async def _DeleteRoom(self, request: room_pb.DeleteRoomRequest, project: str) -> room_pb.DeleteRoomResponse:
         room = self._room(request.room)

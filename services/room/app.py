@@ -19,6 +19,7 @@ import time
 from livekit.protocol import models
 
 from shared.bus import BusTimeout, MsgMeta, NoResponders, RemoteError
+from shared.bus_consumer import Consumer
 from shared.config import Settings
 from shared.contracts.control import ApiCall, ApiResult, JoinRequest
 from shared.contracts.media_commands import CommandResult, MediaCommand, RemoveParticipant
@@ -66,7 +67,7 @@ class RoomService(Service):
         self._started_at = time.monotonic()
         self.store: EventStore | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._consumer = None
+        self._consumer: Consumer | None = None
         self.kicker: SourceKicker | None = None
         self._down_reported: set[str] = set()
         # Nodes that answered a ping since our bus connection last came up: only these can be
