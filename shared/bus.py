@@ -33,7 +33,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -44,8 +44,15 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from shared.bus_consumer import Consumer, EventHandler, MsgMeta, RawHandler, event_handler_adapter
-from shared.contracts.subjects import check_dc, event_subject, stream_name
+from shared.bus_consumer import (
+    Consumer,
+    ConsumerSettings,
+    EventHandler,
+    MsgMeta,
+    RawHandler,
+    event_handler_adapter,
+)
+from shared.contracts.subjects import check_dc, event_subject, stream_name, stream_subjects
 from shared.errors import BusError
 from shared.events import Envelope
 from shared.replication import ensure_replica, replica_stream
@@ -151,7 +158,7 @@ class StreamSpec:
         return stream_name(self.kind, dc)
 
     def subjects(self, dc: str) -> list[str]:
-        return [f"{self.kind}.{check_dc(dc)}.>"]
+        return stream_subjects(self.kind, dc)
 
     def config(self, dc: str) -> StreamConfig:
         return StreamConfig(
@@ -696,23 +703,14 @@ class Bus:
         handler: EventHandler,
         *,
         filter_subject: str | None = None,
-        batch: int = 64,
-        ack_wait: float = 30.0,
-        max_deliver: int = -1,
-        deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
-        fetch_timeout: float = 5.0,
-        nak_base_delay: float = 0.5,
-        nak_max_delay: float = 30.0,
+        settings: ConsumerSettings = ConsumerSettings(),
     ) -> Consumer:
         """Run `async def handler(env, meta)` over a durable pull consumer; returns it running.
 
         Ack after the handler returns; nak with backoff if it raises; term undecodable messages.
         """
         return await self.consume_raw(
-            stream, durable, event_handler_adapter(handler), filter_subject=filter_subject,
-            batch=batch, ack_wait=ack_wait, max_deliver=max_deliver, deliver_policy=deliver_policy,
-            fetch_timeout=fetch_timeout, nak_base_delay=nak_base_delay, nak_max_delay=nak_max_delay,
-        )
+            stream, durable, event_handler_adapter(handler), filter_subject=filter_subject, settings=settings)
 
     async def consume_raw(
         self,
@@ -721,20 +719,11 @@ class Bus:
         handler: RawHandler,
         *,
         filter_subject: str | None = None,
-        batch: int = 64,
-        ack_wait: float = 30.0,
-        max_deliver: int = -1,
-        deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
-        fetch_timeout: float = 5.0,
-        nak_base_delay: float = 0.5,
-        nak_max_delay: float = 30.0,
+        settings: ConsumerSettings = ConsumerSettings(),
     ) -> Consumer:
         """Like consume() with `async def handler(data: bytes, meta)`; raising EventDecodeError terms."""
-        consumer = Consumer(
-            self._nc, self.js, stream, durable, handler, filter_subject=filter_subject, batch=batch,
-            ack_wait=ack_wait, max_deliver=max_deliver, deliver_policy=deliver_policy,
-            fetch_timeout=fetch_timeout, nak_base_delay=nak_base_delay, nak_max_delay=nak_max_delay,
-        )
+        consumer = Consumer(self._nc, self.js, stream, durable, handler, filter_subject=filter_subject,
+                            settings=settings)
         await self._retrying(consumer.start)
         self._consumers.add(consumer)
         return consumer

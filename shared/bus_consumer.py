@@ -23,6 +23,7 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol, Self
 
 import nats.errors
 import nats.js.errors
@@ -79,7 +80,11 @@ def event_handler_adapter(handler: EventHandler) -> RawHandler:
     return handle
 
 
-async def unsubscribe_quietly(sub: JetStreamContext.PullSubscription | None) -> None:
+class _Unsubscribable(Protocol):
+    async def unsubscribe(self) -> None: ...
+
+
+async def unsubscribe_quietly(sub: _Unsubscribable | JetStreamContext.PullSubscription | None) -> None:
     """Drop a pull subscription; a connection that is already gone has dropped it anyway."""
     if sub is not None:
         with contextlib.suppress(Exception):
@@ -89,48 +94,61 @@ async def unsubscribe_quietly(sub: JetStreamContext.PullSubscription | None) -> 
 _FETCH_IDLE = (nats.errors.TimeoutError, asyncio.TimeoutError)
 
 
-class Consumer:
-    """A running fetch loop over one durable pull consumer. Create it with `Bus.consume*`."""
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    """How one durable pull consumer is set up on the server and paced here.
 
-    def __init__(
-        self,
-        nc: NatsClient,
-        js: JetStreamContext,
-        stream: str,
-        durable: str,
-        handler: RawHandler,
-        *,
-        filter_subject: str | None = None,
-        batch: int = 64,
-        ack_wait: float = 30.0,
-        max_deliver: int = -1,
-        deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
-        fetch_timeout: float = 5.0,
-        nak_base_delay: float = 0.5,
-        nak_max_delay: float = 30.0,
-    ) -> None:
-        if batch < 1:
+    The defaults are the per-message event consumer's (`Bus.consume`); billing's batch consumers
+    and the webhook worker's ordered one configure their own (`services.billing.consumer`,
+    `services.room.webhooks`).
+    """
+
+    batch: int = 64  # messages per pull
+    ack_wait: float = 30.0  # seconds the server waits for an ack before it redelivers
+    max_deliver: int = -1  # deliveries before the server gives a message up; -1: never (handlers are idempotent)
+    max_ack_pending: int | None = None  # unacked messages out at once; None: the server's default
+    deliver_policy: DeliverPolicy = DeliverPolicy.ALL  # where a new durable starts (an existing one keeps its own)
+    fetch_timeout: float = 5.0  # seconds one pull waits for messages
+    nak_base_delay: float = 0.5  # redelivery delay after a failed handler; doubles per delivery...
+    nak_max_delay: float = 30.0  # ...up to this
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
             raise ValueError("batch must be >= 1")
+
+    def nak_delay(self, num_delivered: int) -> float:
+        """How long a message that failed on its `num_delivered`-th delivery waits to come back."""
+        return min(self.nak_max_delay, self.nak_base_delay * 2 ** (num_delivered - 1))
+
+    def consumer_config(self, durable: str, filter_subject: str | None) -> ConsumerConfig:
+        return ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_deliver=self.max_deliver,
+            max_ack_pending=self.max_ack_pending,
+            deliver_policy=self.deliver_policy,
+            filter_subject=filter_subject,
+        )
+
+
+class PullConsumer:
+    """What every durable pull consumer here shares: the durable is created (or kept) on bind,
+    a loop pulls batches and hands them to `_dispatch`, pull errors are counted, logged and
+    retried with backoff after a re-bind, and `stop()` ends the loop. Subclasses say how they
+    subscribe (`_subscribe`), pull (`_pull_batch`) and handle what they pulled (`_dispatch`)."""
+
+    def __init__(self, nc: NatsClient, js: JetStreamContext, stream: str, durable: str, *,
+                 filter_subject: str | None, settings: ConsumerSettings) -> None:
         self._nc = nc
         self._js = js
         self.stream = stream
         self.durable = durable
-        self._handler = handler
         self.filter_subject = filter_subject
-        self.batch = batch
-        self.fetch_timeout = fetch_timeout
-        self.nak_base_delay = nak_base_delay
-        self.nak_max_delay = nak_max_delay
-        self._config = ConsumerConfig(
-            name=durable,
-            durable_name=durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ack_wait,
-            max_deliver=max_deliver,
-            deliver_policy=deliver_policy,
-            filter_subject=filter_subject,
-        )
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self.settings = settings
+        self._config = settings.consumer_config(durable, filter_subject)
+        self._sub: _Unsubscribable | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         # counters, handy for health endpoints and tests
@@ -140,21 +158,26 @@ class Consumer:
         self.fetch_errors = 0
 
     def __repr__(self) -> str:
-        return f"Consumer({self.stream}/{self.durable})"
+        return f"{type(self).__name__}({self.stream}/{self.durable})"
+
+    @property
+    def batch(self) -> int:
+        return self.settings.batch
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def start(self) -> Consumer:
-        """Create (or update) the durable, bind to it and start the fetch loop."""
+    async def start(self) -> Self:
+        """Create (or update) the durable, bind to it and start the pull loop."""
         await self._bind()
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.stream}:{self.durable}")
-        log.info("consumer %s/%s started (filter=%s)", self.stream, self.durable, self.filter_subject)
+        log.info("consumer %s/%s started (filter=%s, batch %d)", self.stream, self.durable, self.filter_subject,
+                 self.batch)
         return self
 
     async def stop(self) -> None:
-        """Cancel the fetch loop; unhandled messages of the current batch are naked for redelivery."""
+        """Cancel the pull loop; what was pulled and not handled goes back for redelivery."""
         if self._stopping:
             return
         self._stopping = True
@@ -163,12 +186,32 @@ class Consumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._finish_handling()
         await self._unbind()
+        await self._release_unhandled()
         if self._nc.is_connected:
             # push the last acks/naks to the server before the caller moves on
             with contextlib.suppress(Exception):
                 await self._nc.flush(timeout=2)
         log.info("consumer %s/%s stopped", self.stream, self.durable)
+
+    # -- for subclasses ------------------------------------------------------------------------
+
+    async def _subscribe(self) -> _Unsubscribable:
+        raise NotImplementedError
+
+    async def _pull_batch(self) -> list[Msg]:
+        """The next messages; [] when there were none. Raising counts as a pull error."""
+        raise NotImplementedError
+
+    async def _dispatch(self, msgs: list[Msg]) -> None:
+        raise NotImplementedError
+
+    async def _finish_handling(self) -> None:
+        """On stop, after the loop is cancelled: let handling that must not be cut short end."""
+
+    async def _release_unhandled(self) -> None:
+        """On stop: give back messages pulled and never handled."""
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -179,7 +222,7 @@ class Consumer:
         except nats.js.errors.BadRequestError as exc:
             # exists with a config that cannot be changed in place (e.g. deliver_policy): keep it
             log.warning("consumer %s/%s kept as is: %s", self.stream, self.durable, exc.description)
-        self._sub = await self._js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        self._sub = await self._subscribe()
 
     async def _unbind(self) -> None:
         sub, self._sub = self._sub, None
@@ -189,12 +232,7 @@ class Consumer:
         backoff = 0.1
         while not self._stopping:
             try:
-                if self._sub is None:
-                    await self._bind()
-                assert self._sub is not None
-                msgs = await self._sub.fetch(self.batch, timeout=self.fetch_timeout)
-            except _FETCH_IDLE:
-                continue  # nothing to do (or a pull lost in a reconnect): pull again
+                msgs = await self._pull_batch()
             except nats.errors.ConnectionClosedError:
                 log.info("consumer %s/%s: bus closed, stopping", self.stream, self.durable)
                 return
@@ -209,7 +247,44 @@ class Consumer:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
-            await self._handle_batch(msgs)
+            if msgs:
+                await self._dispatch(msgs)
+
+
+class Consumer(PullConsumer):
+    """A running fetch loop over one durable pull consumer, one handler call per message.
+    Create it with `Bus.consume*`."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        js: JetStreamContext,
+        stream: str,
+        durable: str,
+        handler: RawHandler,
+        *,
+        filter_subject: str | None = None,
+        settings: ConsumerSettings = ConsumerSettings(),
+    ) -> None:
+        super().__init__(nc, js, stream, durable, filter_subject=filter_subject, settings=settings)
+        self._handler = handler
+        self._pull_sub: JetStreamContext.PullSubscription | None = None
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        self._pull_sub = await self._js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        return self._pull_sub
+
+    async def _pull_batch(self) -> list[Msg]:
+        try:
+            if self._sub is None:
+                await self._bind()
+            assert self._pull_sub is not None
+            return await self._pull_sub.fetch(self.batch, timeout=self.settings.fetch_timeout)
+        except _FETCH_IDLE:
+            return []  # nothing to do (or a pull lost in a reconnect): pull again
+
+    async def _dispatch(self, msgs: list[Msg]) -> None:
+        await self._handle_batch(msgs)
 
     async def _handle_batch(self, msgs: list[Msg]) -> None:
         for index, msg in enumerate(msgs):
@@ -240,7 +315,7 @@ class Consumer:
             await msg.term()
             return
         except Exception:
-            delay = min(self.nak_max_delay, self.nak_base_delay * 2 ** (meta.num_delivered - 1))
+            delay = self.settings.nak_delay(meta.num_delivered)
             self.naked += 1
             log.exception(
                 "consumer %s/%s: handler failed on seq=%d (delivery %d); redelivery in %.1fs",

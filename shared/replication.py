@@ -31,7 +31,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, ExternalStream, RetentionPolicy, StorageType, StreamConfig, StreamSource
 
-from shared.contracts.subjects import check_dc, stream_name
+from shared.contracts.subjects import check_dc, jetstream_domain_api, stream_name
 from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("meshrtc.replication")
@@ -52,16 +52,12 @@ def events_stream(dc: str) -> str:
     return stream_name("events", dc)
 
 
-def domain_api(dc: str) -> str:
-    """The JetStream API prefix of datacenter `dc`'s domain, as other DCs reach it."""
-    return f"$JS.{check_dc(dc)}.API"
-
-
 def replica_sources(dc: str, datacenters: Sequence[str]) -> list[StreamSource]:
     """One source per DC of the mesh: the own EVENTS stream locally, the others via their domain."""
     mesh = list(dict.fromkeys([*datacenters, dc] if dc not in datacenters else datacenters))
     return [
-        StreamSource(name=events_stream(other), external=None if other == dc else ExternalStream(api=domain_api(other)))
+        StreamSource(name=events_stream(other),
+                     external=None if other == dc else ExternalStream(api=jetstream_domain_api(other)))
         for other in mesh
     ]
 
@@ -231,7 +227,7 @@ class SourceKicker:
 
     async def _domain_answers(self, dc: str) -> bool:
         try:
-            reply = await self._nc.request(f"{domain_api(dc)}.INFO", b"", timeout=self.probe_timeout)
+            reply = await self._nc.request(f"{jetstream_domain_api(dc)}.INFO", b"", timeout=self.probe_timeout)
         except _API_ERRORS:
             return False
         with contextlib.suppress(ValueError):

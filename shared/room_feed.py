@@ -24,7 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared.bus import Bus
 from shared.bus_consumer import unsubscribe_quietly
-from shared.contracts.subjects import encode_token
+from shared.contracts.subjects import room_events_any_dc_filter
 from shared.events import Envelope, EventDecodeError
 from shared.replication import replica_stream
 from shared.tasks import cancel_and_wait
@@ -32,11 +32,6 @@ from shared.tasks import cancel_and_wait
 log = logging.getLogger("meshrtc.room_feed")
 
 FeedHandler = Callable[[Envelope], Awaitable[None]]
-
-
-def room_feed_filter(room: str) -> str:
-    """events.<any dc>.<category>.<name>.<room token>"""
-    return f"events.*.*.*.{encode_token(room)}"
 
 
 class RoomFeed:
@@ -54,7 +49,7 @@ class RoomFeed:
         self.bus = bus
         self.stream = replica_stream(dc)
         self.room = room
-        self.filter_subject = room_feed_filter(room)
+        self.filter_subject = room_events_any_dc_filter(room)
         self._handler = handler
         self.batch = batch
         self.fetch_timeout = fetch_timeout

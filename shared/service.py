@@ -15,6 +15,7 @@ import time
 
 from shared.bus import Bus
 from shared.config import Settings
+from shared.contracts.subjects import heartbeat_subject
 from shared.events import Envelope, NodeDown, NodeHeartbeat, NodeUp
 from shared.heartbeat import HeartbeatThread
 from shared.metrics import ServiceMetrics
@@ -22,10 +23,6 @@ from shared.metrics import ServiceMetrics
 log = logging.getLogger(__name__)
 
 VERSION = "1.9.0"  # the LiveKit server version we present; clients require semver >= 1.8
-
-
-def heartbeat_subject(dc: str, service: str) -> str:
-    return f"heartbeat.{dc}.{service}"
 
 
 class Service:

@@ -188,11 +188,12 @@ async def collect_heartbeats(urls: Iterable[str], dc: str | None,
     also the servers that could not be reached."""
     import nats
 
+    from shared.contracts.subjects import heartbeat_filter
     from shared.events import Envelope, EventDecodeError, NodeHeartbeat
 
     beats: dict[BeatKey, Beat] = {}
     failed: list[str] = []
-    subject = f"heartbeat.{dc}.*" if dc else "heartbeat.*.*"
+    subject = heartbeat_filter(dc)
 
     async def on_message(msg: Any) -> None:
         try:

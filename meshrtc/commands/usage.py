@@ -17,9 +17,9 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from services.billing.protocol import QueryError, iso_ms, parse_time
 from shared.auth import Claims, VideoGrant, mint_token
 from shared.config import load_settings
+from shared.contracts.billing import QueryError, iso_ms, parse_time
 
 from .token import UsageError, _credentials, parse_duration
 

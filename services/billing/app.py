@@ -21,21 +21,29 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 from nats.aio.msg import Msg
 
 from shared.config import Settings
-from shared.contracts.subjects import check_dc, rollup_subject, stream_name
+from shared.contracts.billing import MINUTE_MS, QueryError, RoomStatsQuery, UsageQuery
+from shared.contracts.subjects import (
+    rollup_subject,
+    stream_name,
+    telemetry_filter,
+    telemetry_request_subject,
+    usage_filter,
+    usage_request_subject,
+)
 from shared.db import check_database
 from shared.events import Direction, Envelope, EventDecodeError, UsageRollup, UsageSample
 from shared.pricing import load_pricing
 from shared.service import Service
 
-from .consumer import BatchConsumer
-from .protocol import MINUTE_MS, QueryError, UsageQuery, usage_request_subject
+from .consumer import BATCH_CONSUMER, BatchConsumer
 from .store import ApplyResult, BillingStore, Rollup, make_billing_engine, now_ms, rollup_event_id
-from .telemetry import RoomStatsQuery, TelemetryStore, telemetry_filter, telemetry_request_subject
+from .telemetry import TelemetryStore
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +72,7 @@ class FastSample(NamedTuple):
 
 _TRACK_SAMPLE = FastSample("", "", "", "", "", "", Direction.UPSTREAM, 0, 0, 0, 0, 0)
 _DIRECTIONS = {d.value: d for d in Direction}
+_USAGE_SAMPLE = UsageSample.TYPE
 
 
 def fast_sample(data: Any) -> FastSample | None:
@@ -72,7 +81,7 @@ def fast_sample(data: Any) -> FastSample | None:
     not exactly the canonical shape, which then goes through `Envelope.from_dict` and its checks."""
     try:
         # Only the current schema: an older stored version goes through from_dict's upcasters.
-        if data["type"] != "usage.sample" or data.get("v", 1) != UsageSample.VERSION or data["id"].__class__ is not str:
+        if data["type"] != _USAGE_SAMPLE or data.get("v", 1) != UsageSample.VERSION or data["id"].__class__ is not str:
             return None
         p = data["payload"]
         if p.get("track_sid"):
@@ -89,10 +98,6 @@ def fast_sample(data: Any) -> FastSample | None:
         if number.__class__ is not int:
             return None
     return sample
-
-
-def usage_filter(dc: str) -> str:
-    return f"usage.{check_dc(dc)}.sample.>"
 
 
 class BillingService(Service):
@@ -138,7 +143,8 @@ class BillingService(Service):
         await self.bus.serve(usage_request_subject(self.settings.dc), self._on_usage, concurrency=4)
         self.consumer = BatchConsumer(
             self.bus, stream_name("usage", self.settings.dc), self.durable, self._on_batch,
-            filter_subject=usage_filter(self.settings.dc), batch=self.batch, ack_wait=self.ack_wait)
+            filter_subject=usage_filter(self.settings.dc),
+            settings=replace(BATCH_CONSUMER, batch=self.batch, ack_wait=self.ack_wait))
         await self.consumer.start()
         self._publisher = asyncio.create_task(self._publish_loop(), name="billing-rollups")
         await self._start_telemetry()
@@ -265,8 +271,8 @@ class BillingService(Service):
         await self.bus.serve(telemetry_request_subject(self.settings.dc), self._on_room_stats, concurrency=4)
         self.telemetry_consumer = BatchConsumer(
             self.bus, stream_name("telemetry", self.settings.dc), f"telemetry-{self.settings.dc}",
-            self._on_telemetry_batch, filter_subject=telemetry_filter(self.settings.dc), batch=500,
-            ack_wait=self.ack_wait)
+            self._on_telemetry_batch, filter_subject=telemetry_filter(self.settings.dc),
+            settings=replace(BATCH_CONSUMER, batch=500, ack_wait=self.ack_wait))
         await self.telemetry_consumer.start()
         self._pruner = asyncio.create_task(self._prune_loop(), name="telemetry-retention")
 

@@ -30,11 +30,10 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from shared.contracts.billing import API_VERSION, MINUTE_MS, UsageQuery, iso_ms
 from shared.db import DatabaseUnavailable, make_engine, redact_url
 from shared.events import UsageSample
 from shared.pricing import DIRECTIONS, Pricing, Usage
-
-from .protocol import API_VERSION, MINUTE_MS, UsageQuery, iso_ms
 
 log = logging.getLogger(__name__)
 

@@ -14,17 +14,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from shared.contracts.subjects import check_dc
+from shared.contracts.billing import RoomStatsQuery
 from shared.db import DatabaseUnavailable, redact_url
 from shared.events import Envelope, SubscriptionTelemetry, TrackTelemetry
 
-__all__ = ["RoomStatsQuery", "TelemetryStore", "telemetry_filter", "telemetry_request_subject"]
+__all__ = ["TelemetryStore", "telemetry_samples"]
 
-MAX_WINDOW_S = 3600  # a live view, not an export: longer histories come from the stream or SQL
 MAX_SWITCHES = 200
 
 metadata = sa.MetaData()
@@ -45,31 +43,6 @@ telemetry_samples = sa.Table(
     sa.Index("ix_telemetry_samples_room_ts", "project", "room", "ts_ms"),
     sa.Index("ix_telemetry_samples_ts", "ts_ms"),
 )
-
-
-def telemetry_filter(dc: str) -> str:
-    return f"telemetry.{check_dc(dc)}.>"
-
-
-def telemetry_request_subject(dc: str) -> str:
-    return f"ctl.{check_dc(dc)}.billing.room_stats"
-
-
-class RoomStatsQuery(BaseModel):
-    """What `GET /stats/rooms/{room}` asks for: the latest sample of every track and subscription
-    of the room within the last `window_s` seconds, and the layer switches in that window."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    project: str
-    room: str = Field(min_length=1)
-    window_s: int = Field(default=15, ge=1, le=MAX_WINDOW_S)
-
-    @classmethod
-    def decode(cls, data: bytes) -> RoomStatsQuery:
-        try:
-            return cls.model_validate_json(data)
-        except ValidationError as exc:
-            raise ValueError(str(exc)) from None
 
 
 class TelemetryStore:

@@ -18,9 +18,7 @@ from shared.contracts.control import (
     RESYNC_HEADER,
     Ack,
     CloseSession,
-    CommandResult,
     ControlDecodeError,
-    MediaCommand,
     NodeStats,
     OpenSession,
     ResumableAnswer,
@@ -29,6 +27,7 @@ from shared.contracts.control import (
     SessionOpened,
     SessionResumed,
 )
+from shared.contracts.media_commands import ROOM_WIDE_OPS, CommandResult, decode_media_command
 from shared.contracts.relay import (
     TrackExport,
     TrackExported,
@@ -36,7 +35,13 @@ from shared.contracts.relay import (
     parse_hostport,
     relay_subscribe_subject,
 )
-from shared.contracts.subjects import media_node_subject, session_resume_subject, session_to_signal_subject
+from shared.contracts.subjects import (
+    event_type_filter,
+    media_node_subject,
+    session_resume_subject,
+    session_to_signal_subject,
+    sessions_to_node_filter,
+)
 from shared.events import Envelope, EventDecodeError, NodeDown, NodeHeartbeat
 from shared.ids import new_track_sid
 from shared.service import Service
@@ -105,9 +110,9 @@ class MediaNode(Service):
                                lambda room: self.rooms.get(room.name) is room)
         await bus.serve(media_export_subject(self.node_id), self._on_export)
         background(self.relay_subscriptions.run(), "media-relay")
-        await bus.subscribe(f"sess.{self.node_id}.*.up", self._on_up)
+        await bus.subscribe(sessions_to_node_filter(self.node_id), self._on_up)
         await bus.subscribe(session_resume_subject("*"), self._on_resume)
-        await bus.subscribe(f"events.{self.settings.dc}.node.down.>", self._on_node_down)
+        await bus.subscribe(event_type_filter(self.settings.dc, NodeDown.TYPE), self._on_node_down)
         rooms = self.rooms.values
         background(periodic.debug_loop(rooms, log), "media-debug")
         background(periodic.room_loop(rooms), "media-room-loop")
@@ -224,10 +229,13 @@ class MediaNode(Service):
                     await session.close(models.DisconnectReason.SIGNAL_CLOSE, send_leave=False)
 
     async def _on_command(self, data: bytes) -> bytes:
-        command = MediaCommand.decode(data)
+        try:
+            command = decode_media_command(data)
+        except ControlDecodeError as exc:
+            return CommandResult(ok=False, error=str(exc)).encode()
         room = self.rooms.get(command.room)
         if room is None:
-            return CommandResult(ok=command.op in ("close_room", "send_data", "room_metadata")).encode()
+            return CommandResult(ok=command.op in ROOM_WIDE_OPS).encode()
         try:
             return (await apply_command(room, command)).encode()
         except CommandError as exc:

@@ -28,15 +28,6 @@ def permission_proto(spec: PermissionSpec) -> models.ParticipantPermission:
     )
 
 
-def permission_spec(permission: models.ParticipantPermission) -> PermissionSpec:
-    return PermissionSpec(
-        can_subscribe=permission.can_subscribe, can_publish=permission.can_publish,
-        can_publish_data=permission.can_publish_data, can_publish_sources=list(permission.can_publish_sources),
-        can_update_metadata=permission.can_update_metadata, hidden=permission.hidden,
-        recorder=permission.recorder, agent=permission.agent,
-    )
-
-
 def room_proto(spec: RoomSpec, num_participants: int = 0, num_publishers: int = 0) -> models.Room:
     created_ms = spec.creation_time_ms or int(time.time() * 1000)
     return models.Room(

@@ -26,6 +26,7 @@ from livekit.protocol import models, rtc
 from livekit.protocol import room as room_pb
 
 from shared.contracts.control import OpenSession, ResumeSession
+from shared.contracts.media_commands import permission_spec
 from shared.events import Direction
 from shared.tasks import background
 
@@ -508,7 +509,7 @@ class Session:
             else:
                 self.info.attributes.pop(key, None)
         if request.HasField("permission"):
-            self.permission = protocol.permission_spec(request.permission)
+            self.permission = permission_spec(request.permission)
             self.info.permission.CopyFrom(request.permission)
             if not self.permission.can_publish:
                 for track in list(self.tracks.values()):

@@ -12,7 +12,20 @@ from google.protobuf.message import DecodeError, Message
 from livekit.protocol import models
 from livekit.protocol import room as room_pb
 
-from shared.contracts.control import CommandResult, MediaCommand
+from shared.contracts.media_commands import (
+    CloseRoom,
+    CommandResult,
+    MediaCommand,
+    MuteTrack,
+    ParticipantTrackSids,
+    RemoveParticipant,
+    SendData,
+    UpdateParticipant,
+    UpdateRoomMetadata,
+    UpdateSubscriptions,
+    permission_spec,
+)
+from shared.contracts.room_api import REQUESTS
 from shared.errors import RoomError
 from shared.events import EventPayload, RoomCreated, RoomFinished, RoomMetadataUpdated
 from shared.ids import new_room_sid
@@ -22,20 +35,6 @@ from .state import ParticipantState, RoomRegistry, RoomState
 
 CommandSender = Callable[[str, MediaCommand], Awaitable[CommandResult]]
 EventEmitter = Callable[[EventPayload, str], Awaitable[None]]
-
-REQUESTS: dict[str, type[Message]] = {
-    "CreateRoom": room_pb.CreateRoomRequest,
-    "ListRooms": room_pb.ListRoomsRequest,
-    "DeleteRoom": room_pb.DeleteRoomRequest,
-    "ListParticipants": room_pb.ListParticipantsRequest,
-    "GetParticipant": room_pb.RoomParticipantIdentity,
-    "RemoveParticipant": room_pb.RoomParticipantIdentity,
-    "MutePublishedTrack": room_pb.MuteRoomTrackRequest,
-    "UpdateParticipant": room_pb.UpdateParticipantRequest,
-    "UpdateSubscriptions": room_pb.UpdateSubscriptionsRequest,
-    "SendData": room_pb.SendDataRequest,
-    "UpdateRoomMetadata": room_pb.UpdateRoomMetadataRequest,
-}
 
 
 class ApiError(RoomError):
@@ -146,15 +145,14 @@ class RoomApi:
 
     async def _ListRooms(self, request: room_pb.ListRoomsRequest, project: str) -> room_pb.ListRoomsResponse:
         names = set(request.names)
-        rooms = sorted((room_proto(r) for r in self.registry.rooms.values() if not names or r.name in names),
-                       key=lambda room: room.creation_time_ms)
+        rooms = [room_proto(r) for r in self.registry.rooms.values() if not names or r.name in names]
+        rooms.sort(key=lambda r: r.creation_time_ms)
         return room_pb.ListRoomsResponse(rooms=rooms)
 
     async def _DeleteRoom(self, request: room_pb.DeleteRoomRequest, project: str) -> room_pb.DeleteRoomResponse:
         room = self._room(request.room)
         for node in room.nodes():
-            await self._command(node, MediaCommand(op="close_room", room=room.name,
-                                                   reason=models.DisconnectReason.ROOM_DELETED))
+            await self._command(node, CloseRoom(room=room.name, reason=models.DisconnectReason.ROOM_DELETED))
         await self.emit(RoomFinished(sid=room.sid, reason="deleted", merged_sids=room.merged_sids), room.name)
         return room_pb.DeleteRoomResponse()
 
@@ -171,9 +169,8 @@ class RoomApi:
                                  project: str) -> room_pb.RemoveParticipantResponse:
         room = self._room(request.room)
         participant = self._participant(room, request.identity)
-        await self._command(participant.node, MediaCommand(
-            op="remove", room=room.name, participant_sid=participant.sid,
-            reason=models.DisconnectReason.PARTICIPANT_REMOVED))
+        await self._command(participant.node, RemoveParticipant(
+            room=room.name, participant_sid=participant.sid, reason=models.DisconnectReason.PARTICIPANT_REMOVED))
         return room_pb.RemoveParticipantResponse()
 
     async def _MutePublishedTrack(self, request: room_pb.MuteRoomTrackRequest,
@@ -182,9 +179,8 @@ class RoomApi:
         participant = self._participant(room, request.identity)
         if request.track_sid not in participant.tracks:
             raise ApiError("not_found", "track does not exist")
-        result = await self._command(participant.node, MediaCommand(
-            op="mute", room=room.name, participant_sid=participant.sid, track_sid=request.track_sid,
-            muted=request.muted))
+        result = await self._command(participant.node, MuteTrack(
+            room=room.name, participant_sid=participant.sid, track_sid=request.track_sid, muted=request.muted))
         track = models.TrackInfo.FromString(base64.b64decode(result.payload))
         return room_pb.MuteRoomTrackResponse(track=track)
 
@@ -192,22 +188,30 @@ class RoomApi:
                                  project: str) -> models.ParticipantInfo:
         room = self._room(request.room)
         participant = self._participant(room, request.identity)
-        result = await self._command(participant.node, MediaCommand(
-            op="update", room=room.name, participant_sid=participant.sid, payload=b64(request)))
+        result = await self._command(participant.node, UpdateParticipant(
+            room=room.name, participant_sid=participant.sid, metadata=request.metadata, name=request.name,
+            attributes=dict(request.attributes),
+            permission=permission_spec(request.permission) if request.HasField("permission") else None))
         return models.ParticipantInfo.FromString(base64.b64decode(result.payload))
 
     async def _UpdateSubscriptions(self, request: room_pb.UpdateSubscriptionsRequest,
                                    project: str) -> room_pb.UpdateSubscriptionsResponse:
         room = self._room(request.room)
         participant = self._participant(room, request.identity)
-        await self._command(participant.node, MediaCommand(
-            op="subscriptions", room=room.name, participant_sid=participant.sid, payload=b64(request)))
+        await self._command(participant.node, UpdateSubscriptions(
+            room=room.name, participant_sid=participant.sid, subscribe=request.subscribe,
+            track_sids=list(request.track_sids),
+            participant_tracks=[ParticipantTrackSids(participant_sid=p.participant_sid, track_sids=list(p.track_sids))
+                                for p in request.participant_tracks]))
         return room_pb.UpdateSubscriptionsResponse()
 
     async def _SendData(self, request: room_pb.SendDataRequest, project: str) -> room_pb.SendDataResponse:
         room = self._room(request.room)
+        command = SendData(room=room.name, data=request.data, topic=request.topic,
+                           destination_identities=list(request.destination_identities), nonce=request.nonce,
+                           reliable=request.kind == models.DataPacket.Kind.RELIABLE)
         for node in room.nodes():
-            await self._command(node, MediaCommand(op="send_data", room=room.name, payload=b64(request)))
+            await self._command(node, command)
         return room_pb.SendDataResponse()
 
     async def _UpdateRoomMetadata(self, request: room_pb.UpdateRoomMetadataRequest, project: str) -> models.Room:
@@ -215,7 +219,7 @@ class RoomApi:
         await self.emit(RoomMetadataUpdated(sid=room.sid, metadata=request.metadata), room.name)
         updated = room_proto(room)
         for node in room.nodes():
-            await self._command(node, MediaCommand(op="room_metadata", room=room.name, payload=b64(updated)))
+            await self._command(node, UpdateRoomMetadata(room=room.name, metadata=updated.metadata))
         return updated
 
 

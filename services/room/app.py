@@ -21,8 +21,9 @@ from livekit.protocol import models
 from shared.bus import BusTimeout, MsgMeta, NoResponders, RemoteError
 from shared.bus_consumer import Consumer
 from shared.config import Settings
-from shared.contracts.control import ApiCall, ApiResult, CommandResult, JoinRequest, MediaCommand
-from shared.contracts.subjects import media_node_subject, room_request_subject
+from shared.contracts.control import ApiCall, ApiResult, JoinRequest
+from shared.contracts.media_commands import CommandResult, MediaCommand, RemoveParticipant
+from shared.contracts.subjects import heartbeat_subject, media_node_subject, room_request_subject
 from shared.db import check_database, make_engine
 from shared.events import (
     Envelope,
@@ -37,7 +38,7 @@ from shared.events import (
 from shared.eventstore import EventStore
 from shared.ids import derived_event_id
 from shared.replication import SourceKicker, replica_stream
-from shared.service import Service, heartbeat_subject
+from shared.service import Service
 from shared.tasks import cancel_and_wait
 
 from .admission import Admissions
@@ -225,8 +226,8 @@ class RoomService(Service):
             return
         reason = models.DisconnectReason.Value(env.payload.reason) if env.payload.reason in \
             models.DisconnectReason.keys() else models.DisconnectReason.DUPLICATE_IDENTITY
-        result = await self._send_command(participant.node, MediaCommand(
-            op="remove", room=room.name, participant_sid=participant.sid, reason=reason))
+        result = await self._send_command(participant.node, RemoveParticipant(
+            room=room.name, participant_sid=participant.sid, reason=reason))
         if not result.ok:
             log.warning("could not evict %s (%s) from %s: %s", participant.identity, participant.sid,
                         participant.node, result.error)

@@ -48,7 +48,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import httpx
@@ -57,7 +57,9 @@ from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import DecodeError
 from livekit.protocol import models
 from livekit.protocol.webhook import WebhookEvent
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from tenacity import (
     AsyncRetrying,
@@ -71,7 +73,7 @@ from tenacity import (
 
 from shared.auth import sign_webhook
 from shared.bus import Bus
-from shared.bus_consumer import Consumer, MsgMeta, event_handler_adapter
+from shared.bus_consumer import Consumer, ConsumerSettings, MsgMeta, RawHandler, event_handler_adapter
 from shared.errors import RoomError
 from shared.event_fold import FoldDispatch
 from shared.events import (
@@ -338,10 +340,10 @@ class _OrderedConsumer(Consumer):
     overtake an unacked one) whose in-flight message is kept from redelivery while its handler
     runs, however long the receiver stays down."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._config.max_ack_pending = 1
-        self._keepalive = max(1.0, float(self._config.ack_wait or 30.0) / 3)
+    def __init__(self, nc: NatsClient, js: JetStreamContext, stream: str, durable: str, handler: RawHandler,
+                 settings: ConsumerSettings) -> None:
+        super().__init__(nc, js, stream, durable, handler, settings=replace(settings, batch=1, max_ack_pending=1))
+        self._keepalive = max(1.0, self.settings.ack_wait / 3)
 
     async def _handle(self, msg: Msg) -> None:
         keeper = asyncio.create_task(self._keep_in_progress(msg))
@@ -409,7 +411,7 @@ class WebhookWorker:
         policy = await self._deliver_policy()
         self._consumer = _OrderedConsumer(
             self.bus.nc, self.bus.js, self.stream, self.durable, event_handler_adapter(self._handle),
-            batch=1, ack_wait=self.ack_wait, deliver_policy=policy)
+            ConsumerSettings(ack_wait=self.ack_wait, deliver_policy=policy))
         async for attempt in AsyncRetrying(stop=stop_after_delay(30), wait=wait_exponential(multiplier=0.1, max=2),
                                            reraise=True):
             with attempt:

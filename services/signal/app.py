@@ -11,6 +11,7 @@ import uvicorn
 
 from shared.auth import TokenVerifier
 from shared.config import Settings
+from shared.contracts.subjects import event_type_filter
 from shared.events import Envelope, EventDecodeError, NodeDown
 from shared.service import Service
 
@@ -59,7 +60,7 @@ class SignalService(Service):
         self.rtc = RtcEndpoint(self.bus, self.verifier, self.settings.dc, self.node_id, self.settings.api_keys)
         self.bus.on_disconnect(self.rtc.uplinks.bus_lost)
         self.bus.on_reconnect(self.rtc.uplinks.bus_back)
-        await self.bus.subscribe(f"events.{self.settings.dc}.node.down.>", self._on_node_down)
+        await self.bus.subscribe(event_type_filter(self.settings.dc, NodeDown.TYPE), self._on_node_down)
         config = uvicorn.Config(
             build_app(self), host=self.settings.http_host, port=self.settings.http_port, log_level="warning",
             ws="websockets-sansio", ws_max_size=MAX_FRAME, ws_ping_interval=10, ws_ping_timeout=20,

@@ -9,10 +9,10 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from services.billing.protocol import QueryError, query_from_params, usage_request_subject
-from services.billing.telemetry import MAX_WINDOW_S, RoomStatsQuery, telemetry_request_subject
 from shared.auth import Claims
 from shared.bus import BusTimeout, RemoteError
+from shared.contracts.billing import MAX_WINDOW_S, QueryError, RoomStatsQuery, query_from_params
+from shared.contracts.subjects import telemetry_request_subject, usage_request_subject
 
 from .admission import HttpError, authenticate
 from .denial import deny

@@ -15,23 +15,16 @@ from google.protobuf.message import DecodeError, Message
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from services.room.api import REQUESTS
 from shared.auth import AuthError, Claims, TokenVerifier, bearer_token
 from shared.bus import Bus, BusTimeout, RemoteError
 from shared.contracts.control import ApiCall, ApiResult
+from shared.contracts.room_api import REQUESTS, RESPONSES
 from shared.contracts.subjects import room_request_subject
 
 MAX_BODY = 1 << 20
 STATUS = {"invalid_argument": 400, "malformed": 400, "not_found": 404, "bad_route": 404, "already_exists": 409,
           "permission_denied": 403, "unauthenticated": 401, "resource_exhausted": 429, "failed_precondition": 412,
           "unimplemented": 501, "internal": 500, "unavailable": 503, "deadline_exceeded": 408, "unknown": 500}
-RESPONSES: dict[str, str] = {
-    "CreateRoom": "Room", "ListRooms": "ListRoomsResponse", "DeleteRoom": "DeleteRoomResponse",
-    "ListParticipants": "ListParticipantsResponse", "GetParticipant": "ParticipantInfo",
-    "RemoveParticipant": "RemoveParticipantResponse", "MutePublishedTrack": "MuteRoomTrackResponse",
-    "UpdateParticipant": "ParticipantInfo", "UpdateSubscriptions": "UpdateSubscriptionsResponse",
-    "SendData": "SendDataResponse", "UpdateRoomMetadata": "Room",
-}
 
 
 def twirp_error(code: str, msg: str) -> JSONResponse:
@@ -51,14 +44,6 @@ def check_grants(method: str, claims: Claims, request: Message) -> str | None:
     if video.room != room:
         return f"permissions denied: token is for room {video.room!r}, not {room!r}"
     return None
-
-
-def _response_type(method: str) -> type[Message]:
-    from livekit.protocol import models
-    from livekit.protocol import room as room_pb
-
-    name = RESPONSES[method]
-    return getattr(room_pb, name, None) or getattr(models, name)
 
 
 async def handle_room_service(request: Request, method: str, bus: Bus, dc: str, verifier: TokenVerifier) -> Response:
@@ -103,6 +88,6 @@ async def handle_room_service(request: Request, method: str, bus: Bus, dc: str, 
     payload = base64.b64decode(result.body)
     if not as_json:
         return Response(payload, media_type="application/protobuf")
-    response = _response_type(method).FromString(payload)
+    response = RESPONSES[method].FromString(payload)
     return JSONResponse(json_format.MessageToDict(response, preserving_proto_field_name=True,
                                                   always_print_fields_with_no_presence=True))

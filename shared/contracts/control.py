@@ -57,6 +57,9 @@ class PermissionSpec(ControlMessage):
     hidden: bool = False
     recorder: bool = False
     agent: bool = False
+    # Not granted by tokens here; carried so RoomService.UpdateParticipant loses no field.
+    can_subscribe_metrics: bool = False
+    can_manage_agent_session: bool = False
 
 
 class RoomSpec(ControlMessage):
@@ -204,21 +207,3 @@ class ApiResult(ControlMessage):
     body: str = ""  # base64 of the response protobuf
     code: str = ""  # twirp error code when not ok
     msg: str = ""
-
-
-class MediaCommand(ControlMessage):
-    """room -> media node: act on sessions of a room the node hosts."""
-
-    op: str  # remove | mute | update | subscriptions | send_data | close_room | room_metadata
-    room: str
-    participant_sid: str = ""
-    track_sid: str = ""
-    muted: bool = False
-    reason: int = 0
-    payload: str = ""  # base64 protobuf: UpdateParticipantRequest, UpdateSubscriptionsRequest, SendDataRequest, Room
-
-
-class CommandResult(ControlMessage):
-    ok: bool = True
-    error: str = ""
-    payload: str = ""  # base64 protobuf answer (e.g. the updated ParticipantInfo)

@@ -14,7 +14,15 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from shared.contracts.control import ControlMessage
-from shared.contracts.subjects import check_dc, media_node_subject
+from shared.contracts.subjects import (
+    check_dc,
+    media_export_subject,
+    relay_stats_subject,
+    relay_subscribe_subject,
+)
+
+# The subjects are built in shared.contracts.subjects; named here too, as the rest of this protocol.
+__all__ = ["media_export_subject", "relay_stats_subject", "relay_subscribe_subject"]
 
 RELAY_QUEUE = "relay"
 DEFAULT_TTL_S = 5.0
@@ -31,18 +39,6 @@ def parse_hostport(text: str) -> tuple[str, int]:
 def _check_hostport(value: str) -> str:
     parse_hostport(value)
     return value
-
-
-def relay_subscribe_subject(dc: str) -> str:
-    return f"ctl.relay.{check_dc(dc)}.subscribe"
-
-
-def relay_stats_subject(dc: str) -> str:
-    return f"ctl.relay.{check_dc(dc)}.stats"
-
-
-def media_export_subject(node: str) -> str:
-    return media_node_subject(node, "export")
 
 
 class RelaySubscribe(ControlMessage):

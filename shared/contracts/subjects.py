@@ -55,9 +55,24 @@ def room_events_filter(dc: str, room: str) -> str:
     return f"{events_prefix(dc)}.*.*.{encode_token(room)}"
 
 
+def room_events_any_dc_filter(room: str) -> str:
+    """events.<any dc>.<category>.<name>.<room token>: a room's events in the replica stream,
+    which gathers every DC's."""
+    return f"events.*.*.*.{encode_token(room)}"
+
+
+def event_type_filter(dc: str, event_type: str) -> str:
+    """Every event of one type in `dc`, whatever its room (e.g. 'node.down')."""
+    return f"{events_prefix(dc)}.{event_type}.>"
+
+
 def usage_subject(dc: str, room: str | None) -> str:
     room_token = encode_token(room) if room is not None else "_"
     return f"usage.{check_dc(dc)}.sample.{room_token}"
+
+
+def usage_filter(dc: str) -> str:
+    return f"usage.{check_dc(dc)}.sample.>"
 
 
 def rollup_subject(dc: str) -> str:
@@ -77,19 +92,63 @@ def telemetry_room_filter(dc: str, room: str) -> str:
     return telemetry_subject(dc, f"*.{encode_token(room)}")
 
 
+def telemetry_filter(dc: str) -> str:
+    return telemetry_subject(dc, ">")
+
+
+# --- heartbeats (core NATS, one per service process and second) ---------------------------
+
+def heartbeat_subject(dc: str, service: str) -> str:
+    return f"heartbeat.{dc}.{service}"
+
+
+def heartbeat_filter(dc: str | None = None) -> str:
+    """Heartbeats of every service of `dc`, or of every DC when None."""
+    return f"heartbeat.{dc}.*" if dc else "heartbeat.*.*"
+
+
 # --- control (request/reply, core NATS, never persisted) ----------------------------------
 
 def room_request_subject(dc: str, method: str) -> str:
     return f"ctl.{check_dc(dc)}.room.{method}"
 
 
+def usage_request_subject(dc: str) -> str:
+    """The billing service's usage API (`GET /usage` at the edge)."""
+    return f"ctl.{check_dc(dc)}.billing.usage"
+
+
+def telemetry_request_subject(dc: str) -> str:
+    """The billing service's room analytics (`GET /stats/rooms/{room}` at the edge)."""
+    return f"ctl.{check_dc(dc)}.billing.room_stats"
+
+
 def media_node_subject(node: str, method: str) -> str:
     return f"ctl.media.{check_node(node)}.{method}"
+
+
+def media_export_subject(node: str) -> str:
+    """Relay -> the publisher's media node: export a track (shared.contracts.relay)."""
+    return media_node_subject(node, "export")
+
+
+def relay_subscribe_subject(dc: str) -> str:
+    """Media node -> its DC's relay (queue group `relay`): deliver a remote track."""
+    return f"ctl.relay.{check_dc(dc)}.subscribe"
+
+
+def relay_stats_subject(dc: str) -> str:
+    return f"ctl.relay.{check_dc(dc)}.stats"
 
 
 def session_to_node_subject(node: str, participant_sid: str) -> str:
     """Signal -> media: client frames of one session."""
     return f"sess.{check_node(node)}.{participant_sid}.up"
+
+
+def sessions_to_node_filter(node: str) -> str:
+    """Client frames of every session a media node hosts."""
+    return session_to_node_subject(node, "*")
 
 
 def session_to_signal_subject(participant_sid: str) -> str:
@@ -108,5 +167,22 @@ def room_data_subject(room: str) -> str:
     return f"data.{encode_token(room)}"
 
 
+# --- JetStream -----------------------------------------------------------------------------
+
 def stream_name(kind: str, dc: str) -> str:
     return f"{kind.upper()}_{check_dc(dc).upper().replace('-', '_')}"
+
+
+def stream_subjects(kind: str, dc: str) -> list[str]:
+    """What the per-DC stream `<KIND>_<DC>` captures: `<kind>.<dc>.>`."""
+    return [f"{kind}.{check_dc(dc)}.>"]
+
+
+def jetstream_domain_api(dc: str) -> str:
+    """The JetStream API prefix of datacenter `dc`'s domain, as other DCs reach it."""
+    return f"$JS.{check_dc(dc)}.API"
+
+
+def jetstream_next_subject(stream: str, durable: str) -> str:
+    """JetStream's pull request for the next messages of a durable consumer (MSG.NEXT)."""
+    return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"

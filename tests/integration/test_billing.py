@@ -17,13 +17,13 @@ import pytest
 
 from examples.billing_consumer import Ledger, consume
 from services.billing.app import BillingService
-from services.billing.protocol import UsageQuery, usage_request_subject
 from services.billing.store import rollup_event_id
 from services.signal.http import build_app
 from shared.auth import Claims, TokenVerifier, VideoGrant, mint_token
 from shared.bus import Bus
 from shared.config import Settings
-from shared.contracts.subjects import rollup_subject, stream_name, usage_subject
+from shared.contracts.billing import UsageQuery
+from shared.contracts.subjects import rollup_subject, stream_name, usage_request_subject, usage_subject
 from shared.db import upgrade
 from shared.events import Envelope, UsageRollup, UsageSample
 from shared.natsserver import NatsServer

@@ -20,6 +20,7 @@ from shared.bus import (
     RemoteError,
     StreamSpec,
 )
+from shared.bus_consumer import ConsumerSettings
 from shared.contracts.subjects import event_subject, events_prefix, stream_name
 from shared.events import Envelope, RoomCreated
 from shared.natsserver import NatsServer, free_port
@@ -88,7 +89,7 @@ async def test_consumer_recreates_a_lost_durable(bus: Bus) -> None:
         if env.id not in seen:
             seen.append(env.id)
 
-    c = await bus.consume(EVENTS, "fragile", handler, fetch_timeout=0.5)
+    c = await bus.consume(EVENTS, "fragile", handler, settings=ConsumerSettings(fetch_timeout=0.5))
     await bus.publish_event(make_event(1))
     await wait_until(lambda: len(seen) == 1, what="first event")
     await bus.js.delete_consumer(EVENTS, "fragile")
@@ -148,7 +149,7 @@ async def test_durable_consumer_stop_mid_batch_then_resume(bus: Bus) -> None:
         applied.append(env.id)
         acked_by_first.append(env.id)
 
-    c1 = await bus.consume(EVENTS, "proj", first_handler, batch=16)
+    c1 = await bus.consume(EVENTS, "proj", first_handler, settings=ConsumerSettings(batch=16))
     await wait_until(lambda: bool(in_flight), what="handler to block")
     await c1.stop()
     assert not c1.running and len(applied) == 37
@@ -163,7 +164,7 @@ async def test_durable_consumer_stop_mid_batch_then_resume(bus: Bus) -> None:
         if env.id not in applied:
             applied.append(env.id)
 
-    c2 = await bus.consume(EVENTS, "proj", second_handler, batch=16)
+    c2 = await bus.consume(EVENTS, "proj", second_handler, settings=ConsumerSettings(batch=16))
     await wait_until(lambda: len(applied) == 100, what="all events applied")
     await c2.stop()
 
@@ -189,7 +190,7 @@ async def test_handler_crash_is_redelivered_without_blocking(bus: Bus) -> None:
             raise RuntimeError("transient failure")
         order.append(env.id)
 
-    c = await bus.consume(EVENTS, "crashy", handler, batch=8, nak_base_delay=0.2)
+    c = await bus.consume(EVENTS, "crashy", handler, settings=ConsumerSettings(batch=8, nak_base_delay=0.2))
     await wait_until(lambda: len(order) == 20, what="all events handled")
     await c.stop()
     assert attempts[crashed] == 2 and c.naked == 1
@@ -281,7 +282,7 @@ async def test_server_restart_outbox_and_consumer(tmp_path: Path) -> None:
             if env.id not in applied:
                 applied.append(env.id)
 
-        consumer = await b.consume(EVENTS, "restart", handler, fetch_timeout=0.5)
+        consumer = await b.consume(EVENTS, "restart", handler, settings=ConsumerSettings(fetch_timeout=0.5))
         events = [make_event(i) for i in range(60)]
         for env in events[:10]:
             b.publish_event_nowait(env)

@@ -20,11 +20,11 @@ from livekit.protocol import models
 
 from services.room.app import RoomService
 from shared.config import Settings
-from shared.contracts.control import CommandResult, JoinAdmission, JoinRequest, MediaCommand
-from shared.contracts.subjects import media_node_subject, room_request_subject
+from shared.contracts.control import JoinAdmission, JoinRequest
+from shared.contracts.media_commands import CommandResult, MediaCommand, RemoveParticipant, decode_media_command
+from shared.contracts.subjects import heartbeat_subject, media_node_subject, room_request_subject
 from shared.db import upgrade
 from shared.events import Envelope, NodeHeartbeat, ParticipantActive, ParticipantJoined, ParticipantLeft
-from shared.service import heartbeat_subject
 from tests.e2e.conftest import API_KEY, API_SECRET
 from tests.e2e.test_webhooks import Receiver
 from tests.support.mesh import Mesh, run_mesh
@@ -77,9 +77,9 @@ class MediaStandIn:
                 await self._task
 
     async def _on_command(self, data: bytes) -> bytes:
-        command = MediaCommand.decode(data)
+        command = decode_media_command(data)
         self.commands.append(command)
-        if command.op == "remove" and command.participant_sid in self.identities:
+        if isinstance(command, RemoveParticipant) and command.participant_sid in self.identities:
             await self.publish(ParticipantLeft(sid=command.participant_sid,
                                                identity=self.identities.pop(command.participant_sid),
                                                reason=models.DisconnectReason.Name(command.reason)), command.room)

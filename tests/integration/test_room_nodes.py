@@ -21,12 +21,11 @@ from services.room.app import FIRST_BEAT_WAIT_BEATS, RoomService
 from shared.bus import Bus
 from shared.config import Settings
 from shared.contracts.control import JoinAdmission, JoinRequest
-from shared.contracts.subjects import media_node_subject, room_request_subject
+from shared.contracts.subjects import heartbeat_subject, media_node_subject, room_request_subject
 from shared.db import upgrade
 from shared.events import Envelope, NodeHeartbeat, RoomCreated
 from shared.ids import new_room_sid
 from shared.natsserver import NatsServer
-from shared.service import heartbeat_subject
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,11 +14,12 @@ import pytest
 import sqlalchemy as sa
 
 from services.billing.app import BillingService
-from services.billing.telemetry import RoomStatsQuery, telemetry_samples
+from services.billing.telemetry import telemetry_samples
 from services.signal.http import build_app
 from shared.auth import Claims, TokenVerifier, VideoGrant, mint_token
 from shared.bus import Bus
 from shared.config import Settings
+from shared.contracts.billing import RoomStatsQuery
 from shared.contracts.subjects import telemetry_room_subject
 from shared.db import upgrade
 from shared.events import (

@@ -1,4 +1,4 @@
-"""Usage API query parsing (shared by the signal edge and `meshrtc usage`)."""
+"""Usage API query parsing (shared.contracts.billing: the signal edge and `meshrtc usage`)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import pytest
 
 from meshrtc.commands.token import UsageError
 from meshrtc.commands.usage import format_report, http_url, resolve_time
-from services.billing.protocol import (
+from shared.contracts.billing import (
     MAX_ROWS,
     QueryError,
     UsageQuery,
     iso_ms,
     parse_time,
     query_from_params,
-    usage_request_subject,
 )
+from shared.contracts.subjects import usage_request_subject
 
 T = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 

@@ -13,7 +13,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import make_url
 
-from services.billing.protocol import UsageQuery
 from services.billing.store import (
     BillingStore,
     make_billing_engine,
@@ -22,6 +21,7 @@ from services.billing.store import (
     rollup_key,
     sample_minute,
 )
+from shared.contracts.billing import UsageQuery
 from shared.db import DatabaseUnavailable, upgrade
 from shared.events import UsageSample
 from shared.ids import new_event_id

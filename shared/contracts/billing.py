@@ -1,10 +1,12 @@
-"""The billing usage API as it travels over the bus, and the parsing shared by its callers.
+"""The billing service's two APIs as they travel over the bus, and the parsing shared by callers.
 
-Light on purpose (no SQL, no NATS): the signal edge imports it to forward `GET /usage` as a
-request on `ctl.<dc>.billing.usage`, and `meshrtc usage` uses its time parsing.
+Light on purpose (no SQL, no NATS): the signal edge builds these queries to forward `GET /usage`
+(on `usage_request_subject`) and `GET /stats/rooms/{room}` (on `telemetry_request_subject`), the
+billing service answers them, and `meshrtc usage` uses the time parsing.
 
-Request: a JSON `UsageQuery`. Reply: the usage document (see `services.billing.store`), or
-`{"error": "...", "status": 400}` for a query the service refuses.
+Usage: a JSON `UsageQuery`; the reply is the usage document (see `services.billing.store`), or
+`{"error": "...", "status": 400}` for a query the service refuses. Room stats: a JSON
+`RoomStatsQuery`; the reply is the room's latest samples (docs/analytics.md).
 """
 
 from __future__ import annotations
@@ -15,16 +17,14 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.contracts.subjects import check_dc
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from shared.errors import BillingError
 
 API_VERSION = 1
 MAX_ROWS = 10_000
 MINUTE_MS = 60_000
-
-
-def usage_request_subject(dc: str) -> str:
-    return f"ctl.{check_dc(dc)}.billing.usage"
+MAX_WINDOW_S = 3600  # room stats are a live view, not an export: longer histories come from the stream or SQL
 
 
 class QueryError(BillingError, ValueError):
@@ -139,3 +139,20 @@ def query_from_params(params: dict[str, str], project: str | None) -> UsageQuery
         to_ms=parse_time(params.get("to"), "to"),
         max_rows=int(max_rows) if max_rows else MAX_ROWS,
     )
+
+
+class RoomStatsQuery(BaseModel):
+    """What `GET /stats/rooms/{room}` asks for: the latest sample of every track and subscription
+    of the room within the last `window_s` seconds, and the layer switches in that window."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    project: str
+    room: str = Field(min_length=1)
+    window_s: int = Field(default=15, ge=1, le=MAX_WINDOW_S)
+
+    @classmethod
+    def decode(cls, data: bytes) -> RoomStatsQuery:
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
