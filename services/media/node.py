@@ -15,6 +15,8 @@ from livekit.protocol import models, rtc
 
 from shared.config import Settings
 from shared.contracts.control import (
+    CLOSE_HEADER,
+    CONNECTION_HEADER,
     RESYNC_HEADER,
     Ack,
     CloseSession,
@@ -61,8 +63,6 @@ from .webrtc.peer import MediaPeer
 
 log = logging.getLogger(__name__)
 
-CLOSE_HEADER = "Meshrtc-Close"
-CONNECTION_HEADER = "Meshrtc-Connection"  # which signal WebSocket a down frame is for
 DRAIN_PACE = 1.0  # seconds between two participants moved off a draining node
 
 

@@ -24,6 +24,8 @@ from livekit.protocol import models, rtc
 from shared.auth import Claims, TokenVerifier, mint_token
 from shared.bus import Bus, BusTimeout, RemoteError, Subscription
 from shared.contracts.control import (
+    CLOSE_HEADER,
+    CONNECTION_HEADER,
     CloseSession,
     ControlDecodeError,
     OpenSession,
@@ -48,8 +50,6 @@ from .uplink import UpLinks
 
 log = logging.getLogger(__name__)
 
-CLOSE_HEADER = "Meshrtc-Close"
-CONNECTION_HEADER = "Meshrtc-Connection"  # down frames for another WebSocket of the same session are dropped
 RESUME_TIMEOUT = 3.0  # seconds to find the node holding a session (clients wait 5 s for the first frame)
 REFRESH_EVERY = 300.0  # seconds between refreshed tokens, as LiveKit does
 REFRESH_TTL = timedelta(hours=6)

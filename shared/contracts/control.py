@@ -132,6 +132,10 @@ class SessionOpened(ControlMessage):
 # On an empty message to `sess.<node>.<sid>.up`: the signal instance lost the bus and is back;
 # the frames it held meanwhile went before this one. The node resends the room state.
 RESYNC_HEADER = "Meshrtc-Resync"
+# On a frame to the client (`sess.client.<sid>.down`): the signal WebSocket it is for (a frame for
+# another WebSocket of the same session is dropped), and, on the last one, why the WebSocket closes.
+CONNECTION_HEADER = "Meshrtc-Connection"
+CLOSE_HEADER = "Meshrtc-Close"
 
 
 class CloseSession(ControlMessage):
