@@ -10,9 +10,12 @@ Answers are matched to the outstanding offer by id (JS SDKs echo it, the Rust co
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from livekit.protocol import rtc
+
+log = logging.getLogger(__name__)
 
 OFFER_COALESCE = 0.1  # seconds a subscriber offer waits for more subscription changes
 PC_DEADLINE = 10.0  # seconds any single PeerConnection operation may take
@@ -66,6 +69,7 @@ class SubscriberNegotiation:
         offer = rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=offer_sdp, id=self.offer_id))
         self.outstanding = offer
         self._send(offer)
+        log.debug("offer %d sent (ice restart: %s, changes %d)", self.offer_id, ice_restart, self._offered)
 
     def answers_outstanding(self, answer_id: int) -> bool:
         """Is this answer for the offer that is out? A second answer to an offer already answered

@@ -389,6 +389,7 @@ class Session:
                      outstanding.offer.id if outstanding else "none")
             return
         await asyncio.wait_for(self.subscriber.accept_answer(request.answer.sdp), PC_DEADLINE)
+        log.debug("session %s: answer %d to offer %d applied", self.sid, answer_id, self.negotiation.offer_id)
         if self.negotiation.answered():
             wanted = self.subs.mark_ready() | self.room.auto_subscriptions(self)
             for sid in wanted:

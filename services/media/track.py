@@ -283,7 +283,10 @@ class PublishedTrack:
     def subscriber_ready(self, session: Subscriber) -> None:
         """The subscriber answered an offer carrying our m-line: start forwarding to it."""
         sub = self._subs.get(session.sid)
-        if sub is None or sub.down is not None or not sub.outgoing.negotiated:
+        if sub is None or sub.down is not None:
+            return
+        if not sub.outgoing.negotiated:
+            log.debug("track %s: subscriber %s answered without this track's m-line yet", self.sid, session.sid)
             return
         out = sub.outgoing
         pt = out.payload_type

@@ -57,6 +57,7 @@ __all__ = [
     "connection_like",
     "connection_protocols",
     "connection_queue",
+    "forget_unoffered_transceiver",
     "hook_datagrams",
     "ice_connection",
     "ice_transports",
@@ -203,6 +204,20 @@ def release_close_waiters(pc: RTCPeerConnection) -> None:
     is_closed = getattr(pc, "_RTCPeerConnection__isClosed", None)
     if isinstance(is_closed, asyncio.Future) and not is_closed.done():
         is_closed.set_result(True)
+
+
+def forget_unoffered_transceiver(pc: RTCPeerConnection, transceiver: RTCRtpTransceiver) -> bool:
+    """Drop a transceiver that no offer ever carried (its mid is still None) from the
+    PeerConnection. aiortc matches each m-line of a remote answer to the first transceiver of
+    the same kind whose mid is None or equal, stopped ones included, so such a transceiver would
+    take the m-line of the next one added, which then never becomes negotiated. True if dropped."""
+    if transceiver.mid is not None:
+        return False
+    transceivers: list[RTCRtpTransceiver] = getattr(pc, "_RTCPeerConnection__transceivers", [])
+    if transceiver not in transceivers:
+        return False
+    transceivers.remove(transceiver)
+    return True
 
 
 def protocols_of(obj: object) -> list[Any]:

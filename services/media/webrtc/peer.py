@@ -410,6 +410,9 @@ class MediaPeer(FastPath):
         self._refresh_routes()
         transceiver = out.transceiver
         transceiver.direction = "inactive"
+        # Removed before any offer carried it: it must not stay behind to take the answer's
+        # m-line of the next track added (see aiortc_compat.forget_unoffered_transceiver).
+        aiortc_compat.forget_unoffered_transceiver(self.pc, transceiver)
         try:
             await asyncio.wait_for(transceiver.stop(), self.close_timeout)
         except (TimeoutError, ConnectionError) as exc:

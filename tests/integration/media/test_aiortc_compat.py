@@ -407,3 +407,32 @@ async def test_watch_ice_connection_reports_its_failure(pair: tuple[MediaPeer, M
     assert old_monitor.cancelled() and aiortc_compat.ice_connection(ice) is replacement
     await replacement.close()  # the new monitor sees this connection close
     await wait_for(lambda: ice.state == "failed", 5, "the transport to report failed")
+
+
+async def test_a_leg_removed_before_any_offer_does_not_take_the_next_leg_s_answer(
+        pair: tuple[MediaPeer, MediaPeer]) -> None:
+    """aiortc matches each m-line of an answer to the first transceiver of its kind whose mid is
+    None or equal, stopped ones included: a leg added and removed between two offers (a track
+    that left before the subscriber's offer went out) would take the m-line of the next leg,
+    which then never becomes negotiated (its subscriber gets no media)."""
+    server, client = pair
+    server.add_outgoing("audio", "TR_gone", "PA_old|TR_gone", codecs=["opus"], rtx=False)
+    await server.remove_outgoing("TR_gone")
+    kept = server.add_outgoing("audio", "TR_kept", "PA_new|TR_kept", codecs=["opus"], rtx=False)
+    await server.accept_answer(await client.accept_offer(await server.create_offer()))
+    assert kept.negotiated and kept.mid is not None
+    assert all(t.mid is not None for t in server.pc.getTransceivers())
+
+
+async def test_forget_unoffered_transceiver_drops_only_what_no_offer_carried() -> None:
+    pc = RTCPeerConnection()
+    try:
+        unoffered = pc.addTransceiver("audio", direction="sendonly")
+        assert aiortc_compat.forget_unoffered_transceiver(pc, unoffered)
+        assert unoffered not in pc.getTransceivers()
+        offered = pc.addTransceiver("audio", direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        assert offered.mid is not None and not aiortc_compat.forget_unoffered_transceiver(pc, offered)
+        assert offered in pc.getTransceivers()
+    finally:
+        await pc.close()
