@@ -214,12 +214,19 @@ class MediaNode(Service):
         await msg.respond(reply.encode())  # type: ignore[attr-defined]
 
     async def _on_node_down(self, msg: object) -> None:
-        """A signal instance died without closing its sessions: they wait for a resume."""
+        """A signal instance died without closing its sessions: they wait for a resume. A media
+        node died: the participants it hosted are gone from this node's rooms at once."""
         try:
             env = Envelope.from_json(msg.data)  # type: ignore[attr-defined]
         except EventDecodeError:
             return
-        if not isinstance(env.payload, NodeDown) or env.payload.service != "signal":
+        if not isinstance(env.payload, NodeDown):
+            return
+        if env.payload.service == "media":
+            if self.links is not None and env.payload.node_id != self.node_id:
+                self.links.media_node_down(env.payload.node_id, env.ts, list(self.rooms.values()))
+            return
+        if env.payload.service != "signal":
             return
         for session in list(self.sessions.values()):
             if session.signal_node == env.payload.node_id and session.detachment is None:

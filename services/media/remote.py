@@ -16,12 +16,12 @@ from typing import Protocol
 
 from livekit.protocol import models
 
-from shared.events import Envelope
+from shared.events import Envelope, ParticipantJoined
 from shared.relay_wire import stream_id
 
 from .ports import Subscriber
 from .relay_link import RelayLink
-from .roster import ChangeKind, RemoteParticipantState, RemoteRoster, RemoteTrackState
+from .roster import Change, ChangeKind, RemoteParticipantState, RemoteRoster, RemoteTrackState
 from .rtp.selector import RID_TO_LAYER
 from .track import PublishedTrack
 
@@ -116,6 +116,10 @@ class RemoteRoomListener(Protocol):
 
     def has_track(self, track_sid: str) -> bool: ...
 
+    def local_joined_at_ms(self, identity: str) -> int | None:
+        """When a session of that identity joined on this node, if one is here."""
+        ...
+
     def remote_participant_changed(self, info: models.ParticipantInfo) -> None: ...
 
     def remote_track_added(self, track: RemoteTrack) -> None: ...
@@ -124,8 +128,12 @@ class RemoteRoomListener(Protocol):
 
 
 class RemoteRoomSync:
-    def __init__(self, room: RemoteRoomListener, node_id: str, link: RelayLink, on_wanted: Callable[[], None]) -> None:
+    def __init__(self, room: RemoteRoomListener, node_id: str, link: RelayLink, on_wanted: Callable[[], None],
+                 down_nodes: dict[str, int] | None = None) -> None:
         self.room = room
+        # media node -> when it was declared down (ms): what it hosted before then is gone, even
+        # while a replay of the room's history still shows it (its departures may come later).
+        self.down_nodes = down_nodes if down_nodes is not None else {}
         self.roster = RemoteRoster(node_id)
         self.link = link
         self.on_wanted = on_wanted
@@ -139,7 +147,30 @@ class RemoteRoomSync:
     def apply(self, env: Envelope) -> None:
         if env.room != self.room.name:
             return
-        changes = self.roster.apply(env)
+        payload = env.payload
+        if isinstance(payload, ParticipantJoined):
+            local_since = self.room.local_joined_at_ms(payload.identity)
+            if local_since is not None and env.ts <= local_since:
+                return  # an older incarnation of a participant that rejoined here (a room's history replayed)
+            down_at = self.down_nodes.get(payload.node)
+            if down_at is not None and env.ts <= down_at:
+                return  # joined a node that has died since
+        self._apply_changes(self.roster.apply(env), env.ts)
+
+    def node_down(self, node: str, at_ms: int) -> None:
+        """A media node was declared down: the participants it hosted are gone."""
+        self.down_nodes[node] = max(at_ms, self.down_nodes.get(node, 0))
+        for participant in [p for p in self.roster.participants.values() if p.node == node]:
+            self._apply_changes(self.roster.remove(participant.sid), at_ms)
+
+    def drop_identity(self, identity: str) -> None:
+        """A session of this identity joined here: its incarnation on another node is gone
+        (LiveKit keeps one participant per identity), whether or not its departure arrived yet."""
+        older = self.roster.by_identity(identity)
+        if older is not None:
+            self._apply_changes(self.roster.remove(older.sid), int(time.time() * 1000))
+
+    def _apply_changes(self, changes: list[Change], published_ms: int) -> None:
         updated: list[str] = []
         for change in changes:
             if change.kind is ChangeKind.JOINED:
@@ -158,7 +189,7 @@ class RemoteRoomSync:
                 if track is not None:
                     log.info("remote track %s of %s (node %s, %s) known here %d ms after it was published",
                              track.sid, track.publisher.identity, track.origin_node, track.origin_dc,
-                             int(time.time() * 1000) - env.ts)
+                             int(time.time() * 1000) - published_ms)
             elif change.kind is ChangeKind.TRACK_REMOVED:
                 self._remove_track(change.track_sid)
         for sid in dict.fromkeys(updated):

@@ -59,6 +59,10 @@ class NodeRoom:
     def has_track(self, track_sid: str) -> bool:
         return track_sid in self.tracks
 
+    def local_joined_at_ms(self, identity: str) -> int | None:
+        session = self.by_identity(identity)
+        return session.info.joined_at_ms if session is not None else None
+
     def visible_sessions(self, exclude: str = "") -> list[Session]:
         return [s for s in self.sessions.values() if s.sid != exclude and not s.permission.hidden]
 
@@ -106,6 +110,8 @@ class NodeRoom:
 
     # ---- sessions report (SessionRoom) ------------------------------------------------------
     def join(self, session: Session) -> None:
+        if self.remote is not None:
+            self.remote.drop_identity(session.identity)
         self.sessions[session.sid] = session
         if self.reporter is not None:
             self.reporter.participant_joined(session)

@@ -41,9 +41,16 @@ class RoomLinks:
         self.on_wanted = on_wanted
         self.is_hosted = is_hosted
         self.feeds: dict[str, RoomFeed] = {}
+        self.down_nodes: dict[str, int] = {}  # media node -> declared down at (ms), shared by every room
+
+    def media_node_down(self, node: str, at_ms: int, rooms: list[NodeRoom]) -> None:
+        self.down_nodes[node] = max(at_ms, self.down_nodes.get(node, 0))
+        for room in rooms:
+            if room.remote is not None:
+                room.remote.node_down(node, at_ms)
 
     def attach(self, room: NodeRoom) -> None:
-        room.remote = RemoteRoomSync(room, self.node_id, self.relay_link, self.on_wanted)
+        room.remote = RemoteRoomSync(room, self.node_id, self.relay_link, self.on_wanted, self.down_nodes)
 
         async def on_event(env: Envelope) -> None:
             if room.remote is not None:

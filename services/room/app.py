@@ -235,19 +235,22 @@ class RoomService(Service):
     async def _node_lost(self, env: Envelope) -> None:
         """The participants of a dead media node have left it: signal tells their clients to
         rejoin (they are placed on a healthy node); here they leave the room state. Ids derive
-        from the node.down event, so handling it twice publishes nothing new."""
+        from the node.down event, so handling it twice publishes nothing new (the node watch of
+        this service already queued them before the node.down itself, see _declare_down)."""
         assert isinstance(env.payload, NodeDown)
         self.placement.forget(env.payload.node_id)
-        for room in list(self.registry.rooms.values()):
-            for participant in list(room.participants.values()):
-                if participant.node != env.payload.node_id:
-                    continue
-                left = Envelope.new(
-                    ParticipantLeft(sid=participant.sid, identity=participant.identity, reason="MIGRATION"),
-                    dc=self.settings.dc, node=self.node_id, room=room.name,
-                    event_id=derived_event_id(env.id, participant.sid))
-                self.registry.apply(left)
-                await self.bus.publish_event(left)  # type: ignore[union-attr]
+        for left in self._departures(env):
+            self.registry.apply(left)
+            await self.bus.publish_event(left)  # type: ignore[union-attr]
+
+    def _departures(self, down: Envelope) -> list[Envelope]:
+        """participant.left{MIGRATION} for each participant of the node `down` declares dead."""
+        assert isinstance(down.payload, NodeDown)
+        return [Envelope.new(ParticipantLeft(sid=participant.sid, identity=participant.identity, reason="MIGRATION"),
+                             dc=self.settings.dc, node=self.node_id, room=room.name,
+                             event_id=derived_event_id(down.id, participant.sid))
+                for room in list(self.registry.rooms.values()) for participant in list(room.participants.values())
+                if participant.node == down.payload.node_id]
 
     async def _watch_nodes(self) -> None:
         """A media node is declared down (once) so migration can start, when its bus connection is
@@ -300,7 +303,15 @@ class RoomService(Service):
         self._answering.discard(node_id)
         self.placement.forget(node_id)
         log.warning("media node %s is down (%s)", node_id, reason.replace("_", " "))
-        self._emit_queued(NodeDown(node_id=node_id, service="media", dc=self.settings.dc, reason=reason))
+        down = self.envelope(NodeDown(node_id=node_id, service="media", dc=self.settings.dc, reason=reason))
+        # The departures go out before the node.down that makes signal send the clients to
+        # rejoin: a node that takes a rejoining client replays the room's events, and must not
+        # find the dead node's participants (and their tracks) still there.
+        for left in self._departures(down):
+            self.registry.apply(left)
+            self.bus.publish_event_nowait(left)  # type: ignore[union-attr]
+        self.registry.apply(down)
+        self.bus.publish_event_nowait(down)  # type: ignore[union-attr]
 
 
 async def main(settings: Settings) -> None:

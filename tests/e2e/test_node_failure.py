@@ -44,12 +44,20 @@ def media_pid(server: DevServer, node_id: str) -> int:
     return 0
 
 
+KILLS = 4  # of the node holding both; before the stolen-m-line fix about 1 kill in 10 lost the viewer's media
+
+
 async def test_participants_of_a_killed_node_come_back(two_node_server: DevServer) -> None:
+    """Publisher and viewer on one node, that node SIGKILLed, KILLS times in a row: every time
+    video comes back, and the viewer is never offered the dead incarnation's tracks (ghosts)."""
     server = two_node_server
     publisher_room, viewer = rtc.Room(), rtc.Room()
     received = Received()
     count_media(viewer, received)
     frame_times = received.video_times
+    subscribed: list[tuple[float, str]] = []
+    viewer.on("track_subscribed", lambda track, publication, participant:
+              subscribed.append((time.monotonic(), publication.sid)))
     client = api.LiveKitAPI(server.http_url, API_KEY, API_SECRET)
     publisher = None
     try:
@@ -57,26 +65,36 @@ async def test_participants_of_a_killed_node_come_back(two_node_server: DevServe
         await publisher_room.connect(server.url, server.token("presenter", "failover"))
         publisher = await publish_synthetic(publisher_room, 640, 360, audio=False)
         assert await wait_for(lambda: received.video_frames > 20, 20)
-
-        hosting = [n for n in ("media-dc1-1", "media-dc1-2")
-                   if "failover" in (await server.node_stats(n)).rooms]
-        assert len(hosting) == 1, hosting
-        pid = media_pid(server, hosting[0])
-        assert pid
-        killed_at = time.monotonic()
-        os.kill(pid, signal.SIGKILL)
-        resumed = await wait_for(lambda: bool(frame_times) and frame_times[-1] > killed_at + 0.5
-                                 and received.video_frames > 0, 60)
-        await asyncio.sleep(2)
-        assert resumed, "video never came back after the node died"
-        gap = received.longest_video_gap(killed_at)
-        print(f"longest video gap after SIGKILL of {hosting[0]}: {gap:.2f}s")
-        participants = await client.room.list_participants(api.ListParticipantsRequest(room="failover"))
-        identities = sorted(p.identity for p in participants.participants)
-        assert identities == ["presenter", "viewer"], identities
-        presenter = next(p for p in participants.participants if p.identity == "presenter")
-        assert len(presenter.tracks) == 1  # republished after the rejoin
-        assert gap < 15
+        gaps: list[float] = []
+        for kill in range(KILLS):
+            hosting = []
+            for _ in range(100):  # the node killed last time may still be restarting
+                hosting = [n for n in ("media-dc1-1", "media-dc1-2")
+                           if "failover" in (await server.node_stats(n)).rooms]
+                if len(hosting) == 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(hosting) == 1, hosting
+            pid = media_pid(server, hosting[0])
+            assert pid
+            killed_at = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            resumed = await wait_for(lambda killed_at=killed_at: bool(frame_times) and frame_times[-1] > killed_at + 0.5
+                                     and received.video_frames > 0, 20)
+            assert resumed, f"kill {kill + 1}: video never came back after {hosting[0]} died"
+            await asyncio.sleep(2)
+            gaps.append(received.longest_video_gap(killed_at))
+            participants = await client.room.list_participants(api.ListParticipantsRequest(room="failover"))
+            identities = sorted(p.identity for p in participants.participants)
+            assert identities == ["presenter", "viewer"], identities
+            presenter = next(p for p in participants.participants if p.identity == "presenter")
+            assert len(presenter.tracks) == 1  # republished after the rejoin
+            after = {sid for at, sid in subscribed if at > killed_at}
+            assert after == {presenter.tracks[0].sid}, f"kill {kill + 1}: offered {after}, " \
+                                                      f"the presenter publishes {presenter.tracks[0].sid}"
+        print(f"longest video gaps after {KILLS} SIGKILLs of the node holding both: "
+              + ", ".join(f"{gap:.2f}s" for gap in gaps))
+        assert max(gaps) < 10
     finally:
         if publisher is not None:
             await publisher.stop()
