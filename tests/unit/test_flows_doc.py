@@ -6,6 +6,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 FLOWS = ROOT / "docs" / "flows.md"
 FUNCTION_REF = re.compile(r"`((?:services|shared|meshrtc)/[\w/]+\.py):([\w.]+)`")
@@ -33,20 +35,14 @@ def steps(text: str) -> list[str]:
     return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
 
 
-def test_every_function_named_exists() -> None:
-    refs = FUNCTION_REF.findall(FLOWS.read_text())
-    assert len(refs) > 40
-    missing = [f"{path}:{name}" for path, name in refs
+@pytest.mark.parametrize(("pattern", "separator", "at_least"), [(FUNCTION_REF, ":", 40), (TEST_REF, "::", 25)],
+                         ids=["functions", "tests"])
+def test_every_function_and_test_named_exists(pattern: re.Pattern[str], separator: str, at_least: int) -> None:
+    refs = pattern.findall(FLOWS.read_text())
+    assert len(refs) > at_least
+    missing = [f"{path}{separator}{name}" for path, name in refs
                if not (ROOT / path).is_file() or name not in defined_names(ROOT / path)]
-    assert not missing, f"docs/flows.md names functions that do not exist: {missing}"
-
-
-def test_every_test_named_exists() -> None:
-    refs = TEST_REF.findall(FLOWS.read_text())
-    assert len(refs) > 25
-    missing = [f"{path}::{name}" for path, name in refs
-               if not (ROOT / path).is_file() or name not in defined_names(ROOT / path)]
-    assert not missing, f"docs/flows.md names tests that do not exist: {missing}"
+    assert not missing, f"docs/flows.md names what does not exist: {missing}"
 
 
 def test_every_step_names_a_function_and_a_test() -> None:
